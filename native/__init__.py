@@ -1,0 +1,1 @@
+"""Syscall bindings the standard library lacks (mount, pivot_root, unshare, setns...)."""

@@ -1,0 +1,1 @@
+"""What goes into a sandbox root filesystem and the program a learn cycle runs inside it."""

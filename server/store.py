@@ -1,0 +1,196 @@
+"""Durable state in SQLite (WAL) with versioned migrations.
+
+The file is checked before anything writes to it: a file that is not a SQLite
+database, or fails its integrity check, stops start-up and is left untouched."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import StartupRefused
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+# Each entry upgrades the schema by one version; entries are never edited once shipped.
+MIGRATIONS: list[str] = [
+    # 1: the tables every later feature hangs off.
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE agents (
+        agent_id     TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        revoked_at   REAL
+    );
+    CREATE TABLE sandboxes (
+        sandbox_id   TEXT PRIMARY KEY,
+        agent_id     TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        spec         TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        expires_at   REAL,
+        destroyed_at REAL,
+        usage        TEXT
+    );
+    CREATE INDEX sandboxes_by_agent ON sandboxes(agent_id);
+    CREATE TABLE cycles (
+        cycle_id       TEXT PRIMARY KEY,
+        agent_id       TEXT NOT NULL,
+        model_name     TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        request        TEXT NOT NULL,
+        base_version   INTEGER,
+        result_version INTEGER,
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        sandbox_id     TEXT,
+        result         TEXT,
+        error          TEXT,
+        created_at     REAL NOT NULL,
+        updated_at     REAL NOT NULL
+    );
+    CREATE INDEX cycles_by_agent ON cycles(agent_id);
+    CREATE INDEX cycles_by_status ON cycles(status);
+    CREATE TABLE telemetry (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        event     TEXT NOT NULL,
+        cycle_id  TEXT,
+        agent_id  TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        body      TEXT NOT NULL
+    );
+    CREATE INDEX telemetry_by_time ON telemetry(timestamp);
+    CREATE TABLE model_versions (
+        model_name     TEXT NOT NULL,
+        version        INTEGER NOT NULL,
+        parent_version INTEGER,
+        sha256         TEXT NOT NULL,
+        path           TEXT NOT NULL,
+        metadata       TEXT NOT NULL,
+        created_at     REAL NOT NULL,
+        PRIMARY KEY (model_name, version)
+    );
+    CREATE TABLE consensus_log (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind       TEXT NOT NULL,
+        model_name TEXT,
+        body       TEXT NOT NULL,
+        prev_hash  TEXT NOT NULL,
+        entry_hash TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+]
+
+
+def _refuse_if_corrupt(path: Path) -> None:
+    """Read-only checks: the header, then SQLite's own quick_check."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise StartupRefused(
+            f"state database {path} is not a SQLite database; refusing to start (file left untouched)"
+        )
+    try:
+        probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            verdict = probe.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError as exc:
+        raise StartupRefused(
+            f"state database {path} is corrupt ({exc}); refusing to start (file left untouched)"
+        ) from None
+    if verdict != "ok":
+        raise StartupRefused(
+            f"state database {path} is corrupt ({verdict}); refusing to start (file left untouched)"
+        )
+
+
+class Store:
+    """One connection, serialised by a lock; callers off the event loop use a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        _refuse_if_corrupt(path)
+        try:
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.DatabaseError as exc:
+            raise StartupRefused(f"state database {path} cannot be opened: {exc}") from None
+        self._lock = threading.RLock()
+        self._migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        with self._lock:
+            current = self.schema_version
+            if current > len(MIGRATIONS):
+                raise StartupRefused(
+                    f"state database {self.path} has schema version {current}, newer than this "
+                    f"release knows ({len(MIGRATIONS)}); refusing to start"
+                )
+            for version in range(current + 1, len(MIGRATIONS) + 1):
+                script = MIGRATIONS[version - 1]
+                # executescript commits first; wrap the step and the version bump in one transaction.
+                self._conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
+                )
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params))
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class _Transaction:
+    """`with store.transaction() as conn:` runs its statements atomically."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._store._lock.acquire()
+        self._store._conn.execute("BEGIN IMMEDIATE")
+        return self._store._conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._store._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._store._lock.release()
