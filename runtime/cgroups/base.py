@@ -1,0 +1,95 @@
+"""The one cgroup interface the sandbox uses; `v2.py` and `v1.py` implement it.
+
+Every cgroup the runtime creates lives beneath the cgroup the service itself runs
+in (per hierarchy, from /proc/self/cgroup), inside a parent named after the
+service instance, so a crashed instance's leftovers are recognisable by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    cpu_cores: float | None = None  # -> cpu.max / cfs_quota_us over a 100 ms period
+    memory_mb: int | None = None  # -> memory.max with swap 0 / limit_in_bytes (+ memsw)
+    pids_max: int | None = None  # -> pids.max
+    # io limits where the hierarchy allows: "MAJ:MIN" -> bytes per second
+    io_read_bps: dict[str, int] = field(default_factory=dict)
+    io_write_bps: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CgroupUsage:
+    """The kernel's own accounting for one sandbox cgroup; None where not exposed."""
+
+    cpu_user_s: float | None = None
+    cpu_system_s: float | None = None
+    cpu_nr_throttled: int | None = None
+    cpu_throttled_s: float | None = None
+    memory_current_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    oom_kills: int = 0
+    memory_max_events: int | None = None
+    pids_current: int | None = None
+    pids_peak: int | None = None
+    pids_max_events: int = 0  # times a fork failed against pids.max
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+    psi: dict[str, dict[str, float]] | None = None  # {"cpu": {"some_avg10":..., "some_total_us":...}, ...}
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+class SandboxCgroup(ABC):
+    """One sandbox's cgroup (one directory per v1 hierarchy, one in v2)."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def procs_files(self) -> list[str]:
+        """cgroup.procs paths a new process writes its pid to, to join the sandbox's cgroup."""
+
+    @abstractmethod
+    def add_pid(self, pid: int) -> None: ...
+
+    @abstractmethod
+    def pids(self) -> list[int]: ...
+
+    @abstractmethod
+    def usage(self) -> CgroupUsage: ...
+
+    @abstractmethod
+    def kill(self) -> None:
+        """SIGKILL every process inside and wait until the cgroup is empty."""
+
+    @abstractmethod
+    def destroy(self) -> None:
+        """kill(), then remove the directories. Idempotent."""
+
+
+class CgroupBackend(ABC):
+    mode: str  # "v2" or "v1"
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Create the instance's parent cgroup(s); v2 moves the service into a
+        `supervisor` leaf first (no-internal-process rule) and enables controllers."""
+
+    @abstractmethod
+    def create(self, name: str, limits: CgroupLimits) -> SandboxCgroup: ...
+
+    @abstractmethod
+    def open(self, name: str) -> SandboxCgroup | None:
+        """An existing sandbox cgroup by name (start-up recovery), or None."""
+
+    @abstractmethod
+    def list_names(self) -> list[str]:
+        """Names of the sandbox cgroups that exist under this instance's parent."""
+
+    @abstractmethod
+    def teardown(self) -> None:
+        """Remove the instance's (empty) parent cgroup(s); sandboxes must be destroyed first."""
