@@ -42,6 +42,7 @@ test: lint
 
 bench: install
 	scripts/host-packages.sh $(BENCH_PACKAGES)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(PY) -m bench
 
 clean:

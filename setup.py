@@ -28,6 +28,8 @@ setup(
         "onnxruntime-gpu>=1.18",
         "onnx>=1.16",
         "click>=8.1",
+        "prometheus-client>=0.20",
+        "jsonschema>=4.21",
     ],
     extras_require={
         "test": [
@@ -35,6 +37,11 @@ setup(
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            "schemathesis>=3.30",
+            "scikit-learn>=1.4",
+        ],
+        "bench": [
+            "flwr>=1.8",
         ],
     },
     entry_points={
