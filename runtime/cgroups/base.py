@@ -10,6 +10,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 
+class CgroupError(RuntimeError):
+    """A cgroup operation the kernel refused, or a host that lacks what a limit needs."""
+
+
 @dataclass(frozen=True)
 class CgroupLimits:
     cpu_cores: float | None = None  # -> cpu.max / cfs_quota_us over a 100 ms period
@@ -54,13 +58,16 @@ class SandboxCgroup(ABC):
         """cgroup.procs paths a new process writes its pid to, to join the sandbox's cgroup."""
 
     @abstractmethod
-    def add_pid(self, pid: int) -> None: ...
+    def add_pid(self, pid: int) -> None:
+        """Move a running process (all its threads) into the sandbox's cgroup."""
 
     @abstractmethod
-    def pids(self) -> list[int]: ...
+    def pids(self) -> list[int]:
+        """Processes inside now (every hierarchy in v1); [] once removed."""
 
     @abstractmethod
-    def usage(self) -> CgroupUsage: ...
+    def usage(self) -> CgroupUsage:
+        """The kernel's accounting now; call kill() first for the final figures."""
 
     @abstractmethod
     def kill(self) -> None:
@@ -68,7 +75,8 @@ class SandboxCgroup(ABC):
 
     @abstractmethod
     def destroy(self) -> None:
-        """kill(), then remove the directories. Idempotent."""
+        """kill(), then remove the directories. Idempotent; works half-created or
+        already removed."""
 
 
 class CgroupBackend(ABC):
