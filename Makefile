@@ -13,11 +13,11 @@ PORT ?= 3000
 STATE_DIR ?= ./var
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench rootfs clean
 
 install: $(STAMP)
 
-$(STAMP): setup.py scripts/host-packages.sh
+$(STAMP): setup.py scripts/host-packages.sh native/wc-init.c
 	scripts/host-packages.sh $(HOST_PACKAGES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
@@ -44,6 +44,11 @@ bench: install
 	scripts/host-packages.sh $(BENCH_PACKAGES)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(PY) -m bench
+
+# Optional: a minimal Debian (debootstrap) as the sandboxes' base layer instead of the
+# host's /usr; select it with WONDERCRAFT_ROOTFS_IMAGE=$(CURDIR)/rootfs/build/debian.
+rootfs: install
+	scripts/build-rootfs.sh rootfs/build/debian
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

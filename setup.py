@@ -1,8 +1,34 @@
 """Packaging for WonderCraft: the service, the admin tool and the runtime."""
 
+import importlib.util
+from pathlib import Path
+
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 VERSION = "0.1.0"
+HERE = Path(__file__).resolve().parent
+
+
+def _native():
+    # native/__init__.py has no third-party imports, so it loads before dependencies exist.
+    spec = importlib.util.spec_from_file_location("_wc_native", HERE / "native" / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildWithLauncher(build_py):
+    """Compiles native/wc-init.c: in place for editable installs, into the build tree otherwise."""
+
+    def run(self):
+        super().run()
+        native = _native()
+        if getattr(self, "editable_mode", False):
+            native.build_launcher(HERE / "native" / native.LAUNCHER_NAME)
+        else:
+            native.build_launcher(Path(self.build_lib) / "native" / native.LAUNCHER_NAME)
+
 
 setup(
     name="wondercraft",
@@ -17,7 +43,12 @@ setup(
         "aggregation",
         "rootfs",
     ],
-    package_data={"rootfs": ["*.md", "*.json"], "server": ["*.json", "*.yaml"]},
+    package_data={
+        "native": ["wc-init.c"],
+        "rootfs": ["*.md", "*.json", "*.py"],
+        "server": ["*.json", "*.yaml"],
+    },
+    cmdclass={"build_py": BuildWithLauncher},
     install_requires=[
         "aiohttp>=3.9",
         "pyroute2>=0.7",

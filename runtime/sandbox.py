@@ -1,0 +1,615 @@
+"""Sandbox lifecycle: create -> execute (any number of times) -> destroy.
+
+`SandboxManager` composes the mechanisms in a fixed order: GPUs, cgroup, then
+wc-init (namespaces, overlay root, /dev, /proc, pivot_root), then the named netns.
+Each set-up step has its undo, and failures undo in reverse order. Nothing here
+blocks the event loop for long: cgroup work runs in a thread, processes are
+asyncio subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import secrets
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import native
+
+from . import gpu as gpus
+from . import mounts, network, process
+from .audit import ResourceRecord, parse_exec_status
+from .cgroups.base import CgroupBackend, CgroupError, CgroupLimits, CgroupUsage, SandboxCgroup
+from .privileges import ProcessIdentity
+
+log = logging.getLogger("wondercraft.runtime")
+
+TERMINATION_REASONS = ("timeout", "memory_limit", "pids_limit", "storage_limit", "lifetime", "killed")
+SANDBOX_ID = re.compile(r"^sb-[0-9a-f]{12}$")
+MONITOR_INTERVAL_S = 0.05
+DEFAULT_OUTPUT_LIMIT = 1 << 20
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SandboxError(Exception):
+    code = "sandbox_error"
+
+
+class InvalidSpec(SandboxError):
+    code = "invalid_spec"
+
+
+class CapacityExhausted(SandboxError):
+    code = "capacity"
+
+
+class StartFailed(SandboxError):
+    code = "start_failed"
+
+
+class SandboxNotRunning(SandboxError):
+    code = "not_running"
+
+
+class UnknownSandbox(SandboxError):
+    code = "not_found"
+
+
+@dataclass(frozen=True)
+class ResourceCaps:
+    cpu_cores: float = 2.0
+    memory_mb: int = 4096
+    pids: int = 256
+    storage_mb: int = 512
+    gpu_count: int = 0
+
+    def validate(self) -> None:
+        checks = (
+            ("cpu_cores", 0.01 <= self.cpu_cores <= 1024, "a number of cores between 0.01 and 1024"),
+            ("memory_mb", 16 <= self.memory_mb <= 262144, "an integer number of MB between 16 and 262144"),
+            ("pids", 8 <= self.pids <= 65536, "an integer between 8 and 65536"),
+            ("storage_mb", 1 <= self.storage_mb <= 1048576, "an integer number of MB between 1 and 1048576"),
+            ("gpu_count", 0 <= self.gpu_count <= 64, "an integer between 0 and 64"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise InvalidSpec(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    agent_id: str
+    caps: ResourceCaps = field(default_factory=ResourceCaps)
+    network: str = "isolated"
+    lifetime_s: float = 3600.0
+    binds: tuple[mounts.Bind, ...] = ()  # extra read-only mounts: data, base model
+    identity: ProcessIdentity = field(default_factory=ProcessIdentity)
+    env: Mapping[str, str] = field(default_factory=dict)
+    hostname: str = "sandbox"
+
+
+@dataclass
+class ExecResult:
+    exit_code: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    truncated: bool
+    duration_ms: float
+    termination_reason: str | None
+    usage: dict
+
+
+@dataclass
+class Sandbox:
+    id: str
+    spec: SandboxSpec
+    created_at: float
+    expires_at: float
+    status: str = "creating"  # creating, running, dead, destroyed
+    init_pid: int | None = None
+    netns: str | None = None
+    gpus: list[gpus.Gpu] = field(default_factory=list)
+    ending_reason: str | None = None
+    final_record: dict | None = None
+    executions: int = 0
+    last_usage: CgroupUsage | None = None  # the cgroup's counters when it was killed
+    timings_ms: dict[str, float] = field(default_factory=dict)  # where create and destroy spent time
+    _cgroup: SandboxCgroup | None = None
+    _shim: process.Child | None = None
+    _lifetime_timer: asyncio.TimerHandle | None = None
+    _running_groups: set[int] = field(default_factory=set)
+    _destroyed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self.status == "running"
+            and self._shim is not None
+            and self._shim.returncode is None
+            and self.init_pid is not None
+            and os.path.exists(f"/proc/{self.init_pid}")
+        )
+
+
+def instance_name(state_dir: Path) -> str:
+    """A short stable name for one service instance (one state dir), used as a prefix."""
+    return hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:8]
+
+
+def _lap(sandbox: Sandbox, step: str, since: float) -> float:
+    now = time.perf_counter()
+    sandbox.timings_ms[step] = round((now - since) * 1000, 3)
+    return now
+
+
+def _limits(caps: ResourceCaps) -> CgroupLimits:
+    return CgroupLimits(cpu_cores=caps.cpu_cores, memory_mb=caps.memory_mb, pids_max=caps.pids)
+
+
+async def _read_capped(stream: asyncio.StreamReader, limit: int, on_line: Callable[[str], None] | None):
+    """Read to EOF keeping at most `limit` bytes; keep draining so the writer never blocks."""
+    kept = bytearray()
+    total = 0
+    pending = b""
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            break
+        total += len(chunk)
+        if len(kept) < limit:
+            kept += chunk[: limit - len(kept)]
+        if on_line is not None:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                on_line(line[:4096].decode(errors="replace"))
+            pending = pending[-4096:]
+    if on_line is not None and pending:
+        on_line(pending.decode(errors="replace"))
+    return bytes(kept), total > limit
+
+
+class SandboxManager:
+    """Owns every sandbox of one service instance."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        cgroups: CgroupBackend | None = None,
+        instance: str | None = None,
+        gpu_allocator: gpus.GpuAllocator | None = None,
+        output_limit_bytes: int = DEFAULT_OUTPUT_LIMIT,
+        rootfs_image: Path | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.instance = instance or instance_name(self.state_dir)
+        self._cgroups = cgroups
+        self.gpus = gpu_allocator or gpus.GpuAllocator(gpus.discover())
+        self.output_limit_bytes = output_limit_bytes
+        self._rootfs = self.state_dir / "rootfs"
+        self._lower = self._rootfs / "lower"
+        self._stage = self._rootfs / "stage"
+        self.rootfs_image = Path(rootfs_image).resolve() if rootfs_image else None
+        self._system_binds = mounts.system_binds(self.rootfs_image)
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._launcher = str(native.launcher_path())
+        self._started = False
+
+    # ---------------------------------------------------------------- setup --
+
+    @property
+    def cgroups(self) -> CgroupBackend:
+        if self._cgroups is None:
+            from .cgroups import open_backend
+
+            self._cgroups = open_backend(self.instance)
+        return self._cgroups
+
+    @property
+    def netns_prefix(self) -> str:
+        return f"wc-{self.instance}-"
+
+    async def start(self) -> dict:
+        """Build the lower layer, prepare cgroups, and sweep what a crashed run left."""
+        await asyncio.to_thread(self._start_sync)
+        self._started = True
+        return await self.sweep_orphans()
+
+    def _start_sync(self) -> None:
+        mounts.build_skeleton(self._lower, self.rootfs_image)
+        self._stage.mkdir(parents=True, exist_ok=True)
+        self.cgroups.prepare()
+
+    async def sweep_orphans(self) -> dict:
+        """Remove cgroups and netns with this instance's prefix that no live sandbox owns."""
+        live = set(self._sandboxes)
+
+        def sweep() -> dict:
+            removed = {"cgroups": [], "netns": []}
+            for name in self.cgroups.list_names():
+                if name not in live:
+                    cgroup = self.cgroups.open(name)
+                    if cgroup is not None:
+                        cgroup.destroy()
+                        removed["cgroups"].append(name)
+            for name in network.list_names(self.netns_prefix):
+                if name[len(self.netns_prefix) :] not in live:
+                    network.remove(name)
+                    removed["netns"].append(name)
+            return removed
+
+        removed = await asyncio.to_thread(sweep)
+        if removed["cgroups"] or removed["netns"]:
+            log.warning("removed orphans", extra={"orphans": removed})
+        return removed
+
+    # --------------------------------------------------------------- create --
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise UnknownSandbox(f"no sandbox {sandbox_id!r}")
+        return sandbox
+
+    def list(self) -> list[Sandbox]:
+        return list(self._sandboxes.values())
+
+    async def create(self, spec: SandboxSpec, sandbox_id: str | None = None) -> Sandbox:
+        if not self._started:
+            await self.start()
+        spec.caps.validate()
+        if spec.network not in network.NETWORK_MODES:
+            raise InvalidSpec(
+                f"network must be one of {', '.join(network.NETWORK_MODES)}, got {spec.network!r}"
+            )
+        if not 1 <= spec.lifetime_s <= 7 * 86400:
+            raise InvalidSpec(f"lifetime must be between 1 and 604800 seconds, got {spec.lifetime_s!r}")
+        sandbox_id = sandbox_id or f"sb-{secrets.token_hex(6)}"
+        if not SANDBOX_ID.match(sandbox_id) or sandbox_id in self._sandboxes:
+            raise InvalidSpec(f"sandbox id {sandbox_id!r} is malformed or already in use")
+        now = time.time()
+        sandbox = Sandbox(sandbox_id, spec, created_at=now, expires_at=now + spec.lifetime_s)
+        self._sandboxes[sandbox_id] = sandbox
+        try:
+            try:
+                sandbox.gpus = self.gpus.allocate(spec.caps.gpu_count, sandbox_id)
+            except gpus.GpuUnavailable as exc:
+                raise CapacityExhausted(str(exc)) from None
+            mark = time.perf_counter()
+            sandbox._cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, _limits(spec.caps))
+            mark = _lap(sandbox, "create_cgroup", mark)
+            await self._start_init(sandbox)
+            mark = _lap(sandbox, "create_init", mark)
+            sandbox.netns = network.netns_name(self.instance, sandbox_id)
+            network.attach(sandbox.netns, sandbox.init_pid)
+            _lap(sandbox, "create_netns", mark)
+        except BaseException:
+            await self._teardown(sandbox, reason="killed")
+            self._sandboxes.pop(sandbox_id, None)
+            raise
+        sandbox.status = "running"
+        loop = asyncio.get_running_loop()
+        sandbox._lifetime_timer = loop.call_later(
+            spec.lifetime_s, lambda: loop.create_task(self.destroy(sandbox_id, reason="lifetime"))
+        )
+        loop.create_task(self._watch_init(sandbox))
+        return sandbox
+
+    def _create_args(self, sandbox: Sandbox) -> list[str]:
+        spec = sandbox.spec
+        args = [
+            self._launcher, "create", "--stage", str(self._stage), "--lower", mounts.lower_dirs(self._lower, self.rootfs_image),
+            "--hostname", spec.hostname, "--storage-bytes", str(spec.caps.storage_mb << 20),
+            "--shm-bytes", str(min(64, spec.caps.storage_mb) << 20),
+            "--uid", str(spec.identity.uid), "--gid", str(spec.identity.gid),
+            "--writable", mounts.WORK_DIR, "--writable", mounts.OUT_DIR, "--ready-fd", "1",
+        ]  # fmt: skip
+        if spec.network == "isolated":
+            args.append("--isolate-net")
+        for bind in [*self._system_binds, *spec.binds]:
+            args += ["--bind", bind.arg()]
+        for node in [*mounts.DEFAULT_DEVICES, *gpus.device_nodes(sandbox.gpus)]:
+            args += ["--dev", node]
+        for path in sandbox._cgroup.procs_files:
+            args += ["--cgroup-procs", path]
+        return args
+
+    async def _start_init(self, sandbox: Sandbox) -> None:
+        shim = await process.spawn(self._create_args(sandbox), stdout=True)
+        sandbox._shim = shim
+        line = (await shim.stdout.readline()).decode(errors="replace").strip()
+        if not line.startswith("ready "):
+            await shim.wait()
+            raise StartFailed(f"sandbox {sandbox.id} could not start: {line or 'launcher exited'}")
+        sandbox.init_pid = int(line.split()[1])
+
+    async def _watch_init(self, sandbox: Sandbox) -> None:
+        """If PID 1 dies on its own (OOM group kill, a crash), the sandbox is dead: clean it up."""
+        await sandbox._shim.wait()
+        if sandbox.status == "running":
+            sandbox.status = "dead"
+            reason = None
+            usage = await asyncio.to_thread(self._usage, sandbox) if sandbox._cgroup else None
+            if usage is not None and usage.oom_kills:
+                reason = "memory_limit"
+            log.warning("sandbox init exited", extra={"sandbox_id": sandbox.id, "reason": reason})
+            await self.destroy(sandbox.id, reason=reason or "killed")
+
+    # -------------------------------------------------------------- execute --
+
+    async def execute(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes = b"",
+        workdir: str = mounts.WORK_DIR,
+        output_limit_bytes: int | None = None,
+        on_stderr_line: Callable[[str], None] | None = None,
+    ) -> ExecResult:
+        sandbox = self.get(sandbox_id)
+        if not sandbox.alive:
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}, not running")
+        if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+            raise InvalidSpec("command must be a non-empty list of strings without NUL bytes")
+        environment = self._environment(sandbox, env or {})
+        limit = output_limit_bytes or self.output_limit_bytes
+        status_r, status_w = os.pipe()
+        started = time.monotonic()
+        baseline = await asyncio.to_thread(self._usage, sandbox)
+        try:
+            proc = await process.spawn(
+                [
+                    self._launcher, "exec", "--target", str(sandbox.init_pid),
+                    *[a for p in sandbox._cgroup.procs_files for a in ("--cgroup-procs", p)],
+                    *sandbox.spec.identity.exec_args(), "--workdir", workdir, "--status-fd", str(status_w),
+                    "--", *argv,
+                ],
+                stdin=True, stdout=True, stderr=True, pass_fds=(status_w,), env=environment,
+            )  # fmt: skip
+        except BaseException:
+            os.close(status_r)
+            raise
+        finally:
+            os.close(status_w)
+        sandbox.executions += 1
+        loop = asyncio.get_running_loop()
+        status_reader = await process.read_fd(status_r)
+        status_lines: list[str] = []
+        group: list[int] = []
+        violation: list[str] = []
+
+        async def read_status() -> None:
+            while line := await status_reader.readline():
+                text = line.decode(errors="replace").strip()
+                status_lines.append(text)
+                if text.startswith("pid "):
+                    group.append(int(text.split()[1]))
+                    sandbox._running_groups.add(group[0])
+
+        async def feed_stdin() -> None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                if stdin:
+                    proc.stdin.write(stdin)
+                    await proc.stdin.drain()
+            proc.stdin.close()
+
+        async def monitor() -> None:
+            while True:
+                await asyncio.sleep(MONITOR_INTERVAL_S)
+                reason = self._violation(sandbox, baseline)
+                if reason:
+                    violation.append(reason)
+                    self._kill_exec(sandbox, group, everything=True)
+                    return
+
+        tasks = [
+            loop.create_task(read_status()),
+            loop.create_task(feed_stdin()),
+            loop.create_task(_read_capped(proc.stdout, limit, None)),
+            loop.create_task(_read_capped(proc.stderr, limit, on_stderr_line)),
+        ]
+        watcher = loop.create_task(monitor())
+        timed_out = False
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout_s)
+        except TimeoutError:
+            timed_out = True
+            self._kill_exec(sandbox, group, everything=False)
+            await proc.wait()
+        except asyncio.CancelledError:
+            self._kill_exec(sandbox, group, everything=False)
+            raise
+        finally:
+            watcher.cancel()
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            if group:
+                sandbox._running_groups.discard(group[0])
+        (stdout, out_cut), (stderr, err_cut) = done[2], done[3]
+        status = parse_exec_status(status_lines)
+        usage = await asyncio.to_thread(self._usage, sandbox)
+        if status["error"] and status["exit_code"] is None and status["signal"] is None:
+            status["exit_code"] = 125
+        if status["error"]:
+            stderr += f"wondercraft: {status['error']}\n".encode()
+        reason = sandbox.ending_reason or (violation[0] if violation else None)
+        if reason is None and timed_out:
+            reason = "timeout"
+        if reason is None:
+            reason = self._violation(sandbox, baseline, usage)
+        accounting = status["accounting"]
+        record = ResourceRecord(
+            wall_s=round(time.monotonic() - started, 6),
+            exit_code=status["exit_code"],
+            signal=status["signal"],
+            termination_reason=reason,
+            cpu_user_s=accounting.cpu_user_s,
+            cpu_system_s=accounting.cpu_system_s,
+            max_rss_bytes=accounting.max_rss_bytes,
+            cgroup=usage.as_dict(),
+            limits=vars(sandbox.spec.caps).copy(),
+        )
+        return ExecResult(
+            exit_code=status["exit_code"],
+            signal=status["signal"],
+            stdout=stdout,
+            stderr=stderr,
+            truncated=out_cut or err_cut,
+            duration_ms=round(record.wall_s * 1000, 3),
+            termination_reason=reason,
+            usage=record.as_dict(),
+        )
+
+    @staticmethod
+    def _usage(sandbox: Sandbox) -> CgroupUsage:
+        """The cgroup's counters; once destroy removed it, the counters it had when killed."""
+        try:
+            return sandbox._cgroup.usage()
+        except (CgroupError, OSError):
+            return sandbox.last_usage or CgroupUsage()
+
+    def _environment(self, sandbox: Sandbox, extra: Mapping[str, str]) -> dict[str, str]:
+        venv_bin = os.path.join(mounts.python_dirs()[-1], "bin")
+        environment = {
+            "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": mounts.WORK_DIR,
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "WONDERCRAFT_SANDBOX_ID": sandbox.id,
+        }
+        environment.update(gpus.visible_devices_env(sandbox.gpus))
+        for source in (sandbox.spec.env, extra):
+            for key, value in source.items():
+                if not ENV_NAME.match(key) or not isinstance(value, str) or "\0" in value:
+                    raise InvalidSpec(f"environment variable {key!r} has an invalid name or value")
+                environment[key] = value
+        return environment
+
+    def _violation(self, sandbox: Sandbox, baseline, usage=None) -> str | None:
+        """A cap this sandbox ran into since `baseline`, judged from the kernel's counters."""
+        if sandbox._cgroup is None:
+            return None
+        if usage is None:
+            usage = self._usage(sandbox)
+        if usage.oom_kills > baseline.oom_kills:
+            return "memory_limit"
+        if usage.pids_max_events > baseline.pids_max_events:
+            return "pids_limit"
+        if self._storage_full(sandbox):
+            return "storage_limit"
+        return None
+
+    @staticmethod
+    def _storage_full(sandbox: Sandbox) -> bool:
+        # statfs on an overlay reports its upper layer: the size-capped tmpfs.
+        try:
+            stats = os.statvfs(f"/proc/{sandbox.init_pid}/root/")
+        except OSError:
+            return False
+        return stats.f_blocks > 0 and stats.f_bavail == 0
+
+    def _kill_exec(self, sandbox: Sandbox, group: list[int], *, everything: bool) -> None:
+        if group:
+            try:
+                os.killpg(group[0], signal.SIGKILL)
+            except ProcessLookupError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(group[0], signal.SIGKILL)
+        if everything and sandbox._cgroup is not None:
+            # Processes that left the group (setsid, daemons) die too; PID 1 stays.
+            for pid in sandbox._cgroup.pids():
+                if pid != sandbox.init_pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+    # -------------------------------------------------------------- destroy --
+
+    async def destroy(self, sandbox_id: str, reason: str = "killed") -> dict:
+        """Kill everything in the sandbox and remove what it was made of. Idempotent."""
+        sandbox = self.get(sandbox_id)
+        if sandbox.status == "destroying":
+            await sandbox._destroyed.wait()
+        if sandbox.final_record is not None:
+            return sandbox.final_record
+        sandbox.ending_reason = sandbox.ending_reason or reason
+        sandbox.status = "destroying"
+        try:
+            record = await self._teardown(sandbox, reason=sandbox.ending_reason)
+        finally:
+            sandbox.status = "destroyed"
+            sandbox._destroyed.set()
+        sandbox.final_record = record
+        return record
+
+    async def _teardown(self, sandbox: Sandbox, *, reason: str) -> dict:
+        """Undo create in reverse order; safe on a half-created sandbox."""
+        if sandbox._lifetime_timer is not None:
+            sandbox._lifetime_timer.cancel()
+        usage = None
+        mark = time.perf_counter()
+        if sandbox._cgroup is not None:
+            usage = sandbox.last_usage = await asyncio.to_thread(self._kill_and_measure, sandbox)
+        mark = _lap(sandbox, "destroy_kill", mark)
+        shim = sandbox._shim
+        if shim is not None and shim.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                shim.kill()
+        if shim is not None:
+            await shim.wait()
+        mark = _lap(sandbox, "destroy_reap", mark)
+        if sandbox.netns:
+            network.remove(sandbox.netns)
+        mark = _lap(sandbox, "destroy_netns", mark)
+        if sandbox._cgroup is not None:
+            await asyncio.to_thread(sandbox._cgroup.destroy)
+        _lap(sandbox, "destroy_cgroup", mark)
+        self.gpus.release(sandbox.id)
+        return {
+            "sandbox_id": sandbox.id,
+            "termination_reason": reason,
+            "wall_s": round(time.time() - sandbox.created_at, 6),
+            "executions": sandbox.executions,
+            "cgroup": usage.as_dict() if usage else {},
+            "limits": vars(sandbox.spec.caps).copy(),
+        }
+
+    def _kill_and_measure(self, sandbox: Sandbox) -> CgroupUsage:
+        with contextlib.suppress(CgroupError, OSError):
+            sandbox._cgroup.kill()
+        return self._usage(sandbox)
+
+    async def reap_expired(self) -> list[str]:
+        """Backstop for the per-sandbox timers: destroy every sandbox past its lifetime."""
+        now = time.time()
+        expired = [s.id for s in self._sandboxes.values() if s.status == "running" and s.expires_at <= now]
+        for sandbox_id in expired:
+            await self.destroy(sandbox_id, reason="lifetime")
+        return expired
+
+    def forget(self, sandbox_id: str) -> None:
+        """Drop a destroyed sandbox from memory (its record lives in the store)."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is not None and sandbox.status == "destroyed":
+            del self._sandboxes[sandbox_id]
+
+    async def close(self) -> None:
+        """Destroy every sandbox and remove the instance's cgroup parents."""
+        for sandbox_id in list(self._sandboxes):
+            with contextlib.suppress(SandboxError):
+                await self.destroy(sandbox_id, reason="killed")
+        self._sandboxes.clear()
+        if self._cgroups is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self._cgroups.teardown)
