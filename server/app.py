@@ -1,33 +1,32 @@
-"""The aiohttp application: middleware that maps typed errors, and the routes."""
+"""The aiohttp application: the middleware that measures requests and maps typed errors to
+JSON answers, the services' start and stop, and the routes from server.api."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from runtime.cgroups import detect_mode
 
-from . import VERSION
+from .api import build_api
+from .audit import AuditLog
+from .auth import AgentRegistry
 from .config import Settings
 from .errors import WonderCraftError
+from .metrics import LoopLagMonitor, Metrics
+from .openapi import API_KEY
+from .services import SERVICES, Services
 from .store import Store
+from .telemetry import TelemetryService
 
 log = logging.getLogger("wondercraft.http")
 
-
-@dataclass
-class ServiceState:
-    settings: Settings
-    store: Store
-    started_monotonic: float
-    cgroup_mode: str
-
-
-SERVICE = web.AppKey("service", ServiceState)
+# Each operation caps its own body (openapi.DEFAULT_MAX_BODY_BYTES unless it says otherwise);
+# this is aiohttp's outer bound for anything read through request.read().
+CLIENT_MAX_SIZE = 16 * 1024 * 1024
 
 
 def error_body(code: str, message: str, **details) -> dict:
@@ -37,25 +36,65 @@ def error_body(code: str, message: str, **details) -> dict:
     return {"error": error}
 
 
+def _route_label(request: web.Request) -> str:
+    """The route template, not the raw path, so ids do not explode the label set."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler):
+    metrics = request.app[SERVICES].metrics
+    started = time.perf_counter()
+    status = 500
+    metrics.http_requests_in_flight.inc()
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.http_requests_in_flight.dec()
+        route = _route_label(request)
+        metrics.http_requests.labels(request.method, route, str(status)).inc()
+        metrics.http_request_duration.labels(request.method, route).observe(time.perf_counter() - started)
+        log.debug("request", extra={"method": request.method, "route": route, "status": status})
+
+
+def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no endpoint at {request.path}; see /v1/openapi.json"
+    if exc.status == 405:
+        return (
+            f"{request.method} is not allowed on {request.path}; allowed: {exc.headers.get('Allow', 'none')}"
+        )
+    if exc.text and not exc.text.startswith(str(exc.status)):
+        return exc.text
+    return exc.reason
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except WonderCraftError as exc:
-        headers = {}
+        headers = dict(getattr(exc, "headers", {}))
         if getattr(exc, "retry_after_s", None) is not None:
             headers["Retry-After"] = str(exc.retry_after_s)
-        return web.json_response(
+        response = web.json_response(
             error_body(exc.code, exc.message, **exc.details), status=exc.status, headers=headers
         )
+        if getattr(exc, "close_connection", False):
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_") if exc.reason else "http_error"
         return web.json_response(
-            error_body(
-                code, exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-            ),
+            error_body(code, _http_error_message(request, exc)),
             status=exc.status,
             headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
         )
@@ -66,24 +105,52 @@ async def error_middleware(request: web.Request, handler):
         )
 
 
-async def healthz(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    return web.json_response(
-        {
-            "status": "ok",
-            "version": VERSION,
-            "cgroupMode": service.cgroup_mode,
-            "uptimeSeconds": round(time.monotonic() - service.started_monotonic, 3),
-        }
-    )
+async def _start_services(app: web.Application) -> None:
+    services = app[SERVICES]
+    services.loop_lag.start()
+    await services.telemetry.start()
 
 
-def create_app(settings: Settings, store: Store) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=16 * 1024 * 1024)
-    app[SERVICE] = ServiceState(
-        settings=settings, store=store, started_monotonic=time.monotonic(), cgroup_mode=detect_mode()
+async def _begin_shutdown(app: web.Application) -> None:
+    # Runs before aiohttp waits for open requests: end live streams so they can finish.
+    app[SERVICES].telemetry.begin_shutdown()
+
+
+async def _stop_services(app: web.Application) -> None:
+    # Runs after every request has finished: nothing can be accepted after this final flush.
+    services = app[SERVICES]
+    await services.telemetry.stop()
+    await services.loop_lag.stop()
+
+
+def create_app(settings: Settings, store: Store, admin_token: str | None = None) -> web.Application:
+    metrics = Metrics()
+    audit = AuditLog(store, metrics)
+    services = Services(
+        settings=settings,
+        store=store,
+        metrics=metrics,
+        audit=audit,
+        agents=AgentRegistry(store, audit, admin_token),
+        telemetry=TelemetryService(
+            store,
+            metrics,
+            batch_size=settings.telemetry_batch_size,
+            flush_interval_s=settings.telemetry_flush_interval_s,
+            retention_days=settings.telemetry_retention_days,
+        ),
+        loop_lag=LoopLagMonitor(metrics),
+        started_monotonic=time.monotonic(),
+        cgroup_mode=detect_mode(),
     )
-    app.router.add_get("/healthz", healthz)
+    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app[SERVICES] = services
+    api = build_api()
+    app[API_KEY] = api
+    api.install(app, services.agents.authenticate)
+    app.on_startup.append(_start_services)
+    app.on_shutdown.append(_begin_shutdown)
+    app.on_cleanup.append(_stop_services)
     return app
 
 

@@ -106,7 +106,7 @@ async def _serve(settings: Settings, store, listener: socket.socket, admin_token
 
     from .app import create_app
 
-    app = create_app(settings, store)
+    app = create_app(settings, store, admin_token=admin_token)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, listener)

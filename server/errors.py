@@ -35,6 +35,7 @@ class BadRequest(WonderCraftError):
 class Unauthorized(WonderCraftError):
     status = 401
     code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="wondercraft"'}
 
 
 class Forbidden(WonderCraftError):
@@ -55,6 +56,8 @@ class Conflict(WonderCraftError):
 class PayloadTooLarge(WonderCraftError):
     status = 413
     code = "payload_too_large"
+    # The rest of the body is never read, so the connection cannot be reused.
+    close_connection = True
 
 
 class TooManyRequests(WonderCraftError):
@@ -69,3 +72,8 @@ class TooManyRequests(WonderCraftError):
 class ServiceUnavailable(WonderCraftError):
     status = 503
     code = "unavailable"
+
+
+class UnsupportedMediaType(WonderCraftError):
+    status = 415
+    code = "unsupported_media_type"

@@ -86,6 +86,14 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 2: audit entries may belong to one agent (who alone, besides the admin, may read them);
+    # indexes for the history and telemetry filters.
+    """
+    ALTER TABLE consensus_log ADD COLUMN agent_id TEXT;
+    CREATE INDEX consensus_log_by_model ON consensus_log(model_name, seq);
+    CREATE INDEX telemetry_by_agent ON telemetry(agent_id, seq);
+    CREATE INDEX telemetry_by_event ON telemetry(event, seq);
+    """,
 ]
 
 

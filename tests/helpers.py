@@ -31,14 +31,23 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def http(method: str, url: str, body=None, token: str | None = None, timeout: float = 10.0):
-    """(status, parsed JSON or text, headers) for one request."""
+def http(
+    method: str,
+    url: str,
+    body=None,
+    token: str | None = None,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+):
+    """(status, parsed JSON or text, headers) for one request; `headers` add to or replace the defaults."""
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw, status, headers = response.read(), response.status, response.headers
@@ -148,3 +157,131 @@ def run_serve(state_dir: Path, *, env=None, args=None, prefix=None, port=None, t
     return subprocess.run(
         argv, env=env if env is not None else clean_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+# ---- the /v1 API ----
+
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+
+
+def api_server(state_dir: Path, **env: str) -> ServerProcess:
+    """A service with a known admin token; `env` adds service variables (TELEMETRY_BATCH_SIZE...)."""
+    return ServerProcess(state_dir, env=clean_env(WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN, **env))
+
+
+def register_agent(server: ServerProcess, agent_id: str) -> str:
+    """Registers an agent with the admin token and returns the agent's token."""
+    status, body, _ = http("POST", server.url + "/v1/agents", {"agentId": agent_id}, token=ADMIN_TOKEN)
+    assert status == 201, body
+    return body["token"]
+
+
+def raw_request(port: int, payload: bytes, *, timeout: float = 10.0, send_delay_s: float = 0.0):
+    """Sends bytes exactly as given and returns (status, headers, body) of the first answer;
+    for requests urllib will not make (lying Content-Length, chunked bodies, odd paths)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        if send_delay_s:
+            time.sleep(send_delay_s)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        head, _, rest = received.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    try:
+        return status, headers, json.loads(rest[:length])
+    except ValueError:
+        return status, headers, rest[:length]
+
+
+class EventStream:
+    """Reads a Server-Sent Events answer on a background thread; events pile up in `events`
+    as (id, event, data) and `ended` is set when the server closes the stream."""
+
+    def __init__(self, url: str, token: str | None = None, headers: dict[str, str] | None = None):
+        import http.client
+        import threading
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(url)
+        self._conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        request_headers = {"Accept": "text/event-stream", **(headers or {})}
+        if token:
+            request_headers["Authorization"] = f"Bearer {token}"
+        self._conn.request(
+            "GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=request_headers
+        )
+        self.response = self._conn.getresponse()
+        self.status = self.response.status
+        self.headers = self.response.headers
+        self.events: list[tuple[str | None, str | None, str]] = []
+        self.comments = 0
+        self.ended = threading.Event()
+        self._lock = threading.Lock()
+        if self.status == 200:
+            self._thread = threading.Thread(target=self._read, daemon=True)
+            self._thread.start()
+        else:
+            self.body = json.loads(self.response.read())
+            self.ended.set()
+
+    def _read(self) -> None:
+        event_id = event = None
+        data: list[str] = []
+        try:
+            for raw in self.response:
+                line = raw.decode().rstrip("\n").rstrip("\r")
+                if not line:
+                    if data:
+                        with self._lock:
+                            self.events.append((event_id, event, "\n".join(data)))
+                    event_id = event = None
+                    data = []
+                elif line.startswith(":"):
+                    self.comments += 1
+                elif line.startswith("id: "):
+                    event_id = line[4:]
+                elif line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+        except (OSError, ValueError, AttributeError):
+            pass  # closed under the reader by close()
+        finally:
+            self.ended.set()
+
+    def data(self) -> list[dict]:
+        with self._lock:
+            return [json.loads(d) for _, kind, d in self.events if kind is None]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.data()) >= count or self.ended.is_set():
+                break
+            time.sleep(0.02)
+        return self.data()
+
+    def close(self) -> None:
+        sock = self._conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.ended.wait(5)
+        self._conn.close()

@@ -1,0 +1,410 @@
+"""One declaration per endpoint builds its route, its request validation and its part of the
+OpenAPI 3.1 document. Handlers get a `Call` whose caller is authenticated and whose path,
+query and body already match the document; nothing reaches a handler unchecked."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from .auth import Caller, require_admin
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .services import SERVICES, Services
+from .validation import SchemaValidator, describe, document_registry, parse_json, show
+
+Access = Literal["open", "admin", "agent"]
+DOCUMENT_URI = "urn:wondercraft:openapi"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+_INTEGER = re.compile(r"^-?[0-9]{1,19}$")
+
+# Error answers every operation may give, by status: (components.responses name, description).
+ERROR_RESPONSES: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "The request does not match this document; the message names the field"),
+    401: ("Unauthorized", "No bearer token, or one that is unknown or revoked"),
+    403: ("Forbidden", "The token may not do this (admin only, or acting as another agent)"),
+    404: ("NotFound", "No such resource, or one that belongs to another agent"),
+    409: ("Conflict", "The resource already exists or is in the wrong state"),
+    413: ("PayloadTooLarge", "The request body is over this operation's limit"),
+    415: ("UnsupportedMediaType", "The request body is not application/json"),
+    503: ("ServiceUnavailable", "Overloaded or shutting down; retry later"),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A path or query parameter; query values are converted to the schema's type."""
+
+    name: str
+    schema: Mapping[str, Any]
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A documented success answer."""
+
+    status: int
+    description: str
+    schema: Mapping[str, Any] | None = None
+    media_type: str = "application/json"
+
+
+@dataclass
+class Call:
+    """A validated request, as handlers see it."""
+
+    request: web.Request
+    caller: Caller | None  # None only for open operations
+    path: dict[str, Any]
+    query: dict[str, Any]
+    body: Any
+
+    @property
+    def services(self) -> Services:
+        return self.request.app[SERVICES]
+
+
+Handler = Callable[[Call], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    summary: str
+    description: str
+    tag: str
+    access: Access
+    path_params: tuple[Param, ...]
+    query: tuple[Param, ...]
+    body: Mapping[str, Any] | None
+    max_body_bytes: int
+    replies: tuple[Reply, ...]
+    errors: tuple[int, ...]
+
+
+@dataclass
+class RouteTable:
+    """The operations of one area of the API (agents, telemetry, sandboxes...)."""
+
+    tag: str
+    description: str
+    operations: list[Operation] = field(default_factory=list)
+
+    def operation(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        access: Access,
+        replies: Sequence[Reply],
+        description: str = "",
+        path_params: Sequence[Param] = (),
+        query: Sequence[Param] = (),
+        body: Mapping[str, Any] | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        errors: Sequence[int] = (),
+        operation_id: str | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Declares `handler` as METHOD PATH. `errors` lists the error statuses the handler itself
+        raises; those from authentication and validation are added automatically."""
+
+        def declare(handler: Handler) -> Handler:
+            named = set(re.findall(r"{(\w+)}", path))
+            if named != {p.name for p in path_params}:
+                raise ValueError(f"{method} {path}: path parameters {sorted(named)} must all be declared")
+            self.operations.append(
+                Operation(
+                    method=method.upper(),
+                    path=path,
+                    handler=handler,
+                    operation_id=operation_id or handler.__name__,
+                    summary=summary,
+                    description=description,
+                    tag=self.tag,
+                    access=access,
+                    path_params=tuple(path_params),
+                    query=tuple(query),
+                    body=body,
+                    max_body_bytes=max_body_bytes,
+                    replies=tuple(replies),
+                    errors=tuple(errors),
+                )
+            )
+            return handler
+
+        return declare
+
+
+def _absolute_refs(schema: Any) -> Any:
+    """A copy whose local `#/...` refs point into the document, for standalone validators."""
+    if isinstance(schema, Mapping):
+        return {
+            k: (
+                f"{DOCUMENT_URI}{v}"
+                if k == "$ref" and isinstance(v, str) and v.startswith("#")
+                else _absolute_refs(v)
+            )
+            for k, v in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_absolute_refs(v) for v in schema]
+    return schema
+
+
+def _error_statuses(op: Operation) -> list[int]:
+    statuses = set(op.errors)
+    if op.path_params or op.query or op.body is not None:
+        statuses.add(400)
+    if op.access != "open":
+        statuses.add(401)
+    if op.access == "admin":
+        statuses.add(403)
+    if op.path_params:
+        statuses.add(404)
+    if op.body is not None:
+        statuses.update((413, 415))
+    return sorted(statuses)
+
+
+class Api:
+    """The assembled API: the OpenAPI document and the aiohttp routes, from the same tables."""
+
+    def __init__(
+        self,
+        tables: Sequence[RouteTable],
+        *,
+        components: Mapping[str, Mapping[str, Any]],
+        title: str,
+        version: str,
+        description: str,
+    ) -> None:
+        self.operations = [op for table in tables for op in table.operations]
+        seen: set[tuple[str, str]] = set()
+        for op in self.operations:
+            if (op.method, op.path) in seen:
+                raise ValueError(f"{op.method} {op.path} is declared twice")
+            seen.add((op.method, op.path))
+        self.document = self._build_document(tables, components, title, version, description)
+        self.document_bytes = json.dumps(self.document, separators=(",", ":")).encode()
+        registry = document_registry(self.document, DOCUMENT_URI)
+        self._resolver = registry.resolver()
+        self._param_validators: dict[int, SchemaValidator] = {}
+        self._body_validators: dict[int, SchemaValidator] = {}
+        for op in self.operations:
+            for param in (*op.path_params, *op.query):
+                self._param_validators[id(param)] = SchemaValidator(_absolute_refs(param.schema), registry)
+            if op.body is not None:
+                self._body_validators[id(op)] = SchemaValidator(_absolute_refs(op.body), registry)
+
+    # ---- the document ----
+
+    def _build_document(self, tables, components, title, version, description) -> dict[str, Any]:
+        paths: dict[str, dict[str, Any]] = {}
+        for op in self.operations:
+            entry: dict[str, Any] = {
+                "operationId": op.operation_id,
+                "summary": op.summary,
+                "tags": [op.tag],
+                "security": [] if op.access == "open" else [{"bearerAuth": []}],
+            }
+            if op.description:
+                entry["description"] = op.description
+            if op.access == "admin":
+                entry["description"] = (entry.get("description", "") + "\n\nAdmin token only.").strip()
+            parameters = [
+                {
+                    "name": p.name,
+                    "in": "path",
+                    "required": True,
+                    "schema": copy.deepcopy(dict(p.schema)),
+                    **({"description": p.description} if p.description else {}),
+                }
+                for p in op.path_params
+            ] + [
+                {
+                    "name": p.name,
+                    "in": "query",
+                    "required": p.required,
+                    "schema": copy.deepcopy(dict(p.schema)),
+                    **({"description": p.description} if p.description else {}),
+                }
+                for p in op.query
+            ]
+            if parameters:
+                entry["parameters"] = parameters
+            if op.body is not None:
+                entry["requestBody"] = {
+                    "required": True,
+                    "description": f"At most {op.max_body_bytes} bytes",
+                    "content": {"application/json": {"schema": copy.deepcopy(dict(op.body))}},
+                }
+            responses: dict[str, Any] = {}
+            for reply in op.replies:
+                answer: dict[str, Any] = {"description": reply.description}
+                if reply.schema is not None:
+                    answer["content"] = {reply.media_type: {"schema": copy.deepcopy(dict(reply.schema))}}
+                responses[str(reply.status)] = answer
+            for status in _error_statuses(op):
+                responses[str(status)] = {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"}
+            responses["default"] = {"$ref": "#/components/responses/Error"}
+            entry["responses"] = responses
+            paths.setdefault(op.path, {})[op.method.lower()] = entry
+
+        error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        error_responses: dict[str, Any] = {
+            name: {"description": text, "content": error_content} for name, text in ERROR_RESPONSES.values()
+        }
+        error_responses["Unauthorized"]["headers"] = {
+            "WWW-Authenticate": {"description": "The scheme to use: Bearer", "schema": {"type": "string"}}
+        }
+        error_responses["Error"] = {"description": "Any other error", "content": error_content}
+        return {
+            "openapi": "3.1.0",
+            "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+            "info": {"title": title, "version": version, "description": description},
+            "tags": [{"name": t.tag, "description": t.description} for t in tables],
+            "paths": paths,
+            "components": {
+                "schemas": copy.deepcopy(dict(components)),
+                "responses": error_responses,
+                "securitySchemes": {
+                    "bearerAuth": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "The admin token, or an agent token from POST /v1/agents",
+                    }
+                },
+            },
+        }
+
+    # ---- serving ----
+
+    def install(self, app: web.Application, authenticate: Callable[[str | None], Caller]) -> None:
+        for op in self.operations:
+            app.router.add_route(op.method, op.path, self._endpoint(op, authenticate), name=op.operation_id)
+
+    def _endpoint(self, op: Operation, authenticate: Callable[[str | None], Caller]):
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            caller = None
+            if op.access != "open":
+                caller = authenticate(request.headers.get("Authorization"))
+                if op.access == "admin":
+                    require_admin(caller, f"{op.method} {op.path}")
+            path = {p.name: self._convert(p, request.match_info[p.name], "path") for p in op.path_params}
+            query = self._query(op, request.query)
+            body = await self._body(op, request) if op.body is not None else None
+            return await op.handler(Call(request=request, caller=caller, path=path, query=query, body=body))
+
+        endpoint.__name__ = op.operation_id
+        return endpoint
+
+    def _resolved(self, schema: Mapping[str, Any]) -> Mapping[str, Any]:
+        while "$ref" in schema:
+            schema = self._resolver.lookup(_absolute_refs(schema)["$ref"]).contents
+        return schema
+
+    def _convert(self, param: Param, raw: str, location: str) -> Any:
+        schema = self._resolved(param.schema)
+        kind = schema.get("type")
+        value: Any = raw
+        wrong = BadRequest(
+            f"{location} parameter {param.name} must be {describe(schema)}, got {show(raw)}",
+            details={
+                "errors": [
+                    {
+                        "field": param.name,
+                        "message": f"{param.name} must be {describe(schema)}, got {show(raw)}",
+                    }
+                ]
+            },
+        )
+        if kind == "integer":
+            if not _INTEGER.match(raw):
+                raise wrong
+            value = int(raw)
+        elif kind == "number":
+            try:
+                value = float(raw)
+            except ValueError:
+                raise wrong from None
+            if not math.isfinite(value):
+                raise wrong
+        elif kind == "boolean":
+            if raw not in ("true", "false"):
+                raise wrong
+            value = raw == "true"
+        problems = self._param_validators[id(param)].errors(value, whole=param.name)
+        if problems:
+            raise BadRequest(f"{location} parameter {problems[0]['message']}", details={"errors": problems})
+        return value
+
+    def _query(self, op: Operation, given: MultiMapping[str]) -> dict[str, Any]:
+        declared = {p.name: p for p in op.query}
+        unknown = sorted({name for name in given if name not in declared})
+        if unknown:
+            allowed = ", ".join(declared) or "none"
+            raise BadRequest(
+                f"unknown query parameter(s) {', '.join(show(n) for n in unknown[:5])}; allowed: {allowed}"
+            )
+        values: dict[str, Any] = {}
+        for name, param in declared.items():
+            raw = given.getall(name, [])
+            if len(raw) > 1:
+                raise BadRequest(f"query parameter {name} was given {len(raw)} times; give it at most once")
+            if raw:
+                values[name] = self._convert(param, raw[0], "query")
+            elif param.required:
+                raise BadRequest(f"query parameter {name} is required")
+            elif "default" in param.schema:
+                values[name] = param.schema["default"]
+        return values
+
+    async def _body(self, op: Operation, request: web.Request) -> Any:
+        limit = op.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise PayloadTooLarge(
+                f"request body is {declared} bytes; {op.method} {op.path} accepts at most {limit}"
+            )
+        if "Content-Type" in request.headers:
+            media = request.content_type
+            if media != "application/json" and not media.endswith("+json"):
+                raise UnsupportedMediaType(f"Content-Type must be application/json, got {show(media)}")
+        raw = bytearray()
+        # Read in pieces and stop at the limit: a body without Content-Length (chunked) must
+        # not be buffered whole before its size is known.
+        while chunk := await request.content.readany():
+            if len(raw) + len(chunk) > limit:
+                raise PayloadTooLarge(
+                    f"request body is over {limit} bytes, the limit for {op.method} {op.path}"
+                )
+            raw += chunk
+        if not raw.strip():
+            raise BadRequest("request body is required: a JSON object")
+        document = parse_json(bytes(raw))
+        self._body_validators[id(op)].check(document)
+        return document
+
+
+API_KEY = web.AppKey("api", Api)
+
+
+def json_reply(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_compact)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)

@@ -1,0 +1,31 @@
+"""The services one app holds, reachable from handlers as `call.services`.
+Services know nothing of HTTP; a new one (sandboxes, petals) becomes a field here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .audit import AuditLog
+from .auth import AgentRegistry
+from .config import Settings
+from .metrics import LoopLagMonitor, Metrics
+from .store import Store
+from .telemetry import TelemetryService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    audit: AuditLog
+    agents: AgentRegistry
+    telemetry: TelemetryService
+    loop_lag: LoopLagMonitor
+    started_monotonic: float
+    cgroup_mode: str
+
+
+SERVICES = web.AppKey("services", Services)

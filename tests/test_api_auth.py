@@ -1,0 +1,220 @@
+"""Bearer-token auth over real HTTP: the admin token does everything, an agent's token acts only
+as that agent, tokens are stored hashed, and every operation in the document applies the rules."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import sqlite3
+
+import pytest
+
+from tests.helpers import ADMIN_TOKEN, EventStream, api_server, http, register_agent
+
+UNIQUE = itertools.count()
+
+# One valid request per operation, so the matrix below checks auth and not validation.
+# A new operation without a sample here fails test_every_operation_has_an_auth_sample.
+SAMPLES = {
+    "healthz": ("GET", "/healthz", None),
+    "openapi_document": ("GET", "/v1/openapi.json", None),
+    "metrics": ("GET", "/metrics", None),
+    "register_agent": ("POST", "/v1/agents", {"agentId": "matrix-new"}),
+    "list_agents": ("GET", "/v1/agents", None),
+    "revoke_agent": ("DELETE", "/v1/agents/matrix-victim", None),
+    "telemetry_events": ("GET", "/v1/telemetry/training", None),
+    "record_telemetry": (
+        "POST",
+        "/v1/telemetry/training",
+        {"events": [{"event": "training_cycle_completed", "agentId": "agent-a"}]},
+    ),
+    "telemetry_stream": ("GET", "/v1/telemetry/training/stream", None),
+    "consensus_history": ("GET", "/v1/consensus/history", None),
+    "chat_history": ("GET", "/v1/chat/history", None),
+    "verify_audit": ("GET", "/v1/audit/verify", None),
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with api_server(tmp_path_factory.mktemp("auth") / "state") as server:
+        server.tokens = {name: register_agent(server, name) for name in ("agent-a", "agent-b", "revoked-c")}
+        status, _, _ = http("DELETE", server.url + "/v1/agents/revoked-c", token=ADMIN_TOKEN)
+        assert status == 200
+        yield server
+
+
+@pytest.fixture(scope="module")
+def operations(server):
+    status, document, _ = http("GET", server.url + "/v1/openapi.json")
+    assert status == 200
+    found = {}
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            found[op["operationId"]] = (method.upper(), path, op)
+    return found
+
+
+def _call(server, operation_id: str, token: str | None):
+    method, path, body = SAMPLES[operation_id]
+    if operation_id == "telemetry_stream":
+        stream = EventStream(server.url + path, token=token)
+        stream.close()
+        return stream.status, getattr(stream, "body", None), stream.headers
+    # The admin's calls really register and revoke: give each a fresh agent.
+    if operation_id == "revoke_agent" and token == ADMIN_TOKEN:
+        victim = f"victim-{next(UNIQUE)}"
+        register_agent(server, victim)
+        path = f"/v1/agents/{victim}"
+    if operation_id == "register_agent" and token == ADMIN_TOKEN:
+        body = {"agentId": f"new-{next(UNIQUE)}"}
+    return http(method, server.url + path, body, token=token)
+
+
+def test_every_operation_has_an_auth_sample(operations):
+    assert set(operations) == set(SAMPLES)
+    for operation_id, (method, path, _) in SAMPLES.items():
+        assert operations[operation_id][:2] == (method, path.replace("matrix-victim", "{agentId}")), (
+            operation_id
+        )
+
+
+def _access(op: dict) -> str:
+    if op["security"] == []:
+        return "open"
+    return "admin" if "Admin token only" in op.get("description", "") else "agent"
+
+
+def test_open_operations_are_exactly_health_and_the_document(operations):
+    opened = {name for name, (_, _, op) in operations.items() if _access(op) == "open"}
+    assert opened == {"healthz", "openapi_document"}
+    admin_only = {name for name, (_, _, op) in operations.items() if _access(op) == "admin"}
+    assert admin_only == {
+        "metrics",
+        "register_agent",
+        "list_agents",
+        "revoke_agent",
+        "record_telemetry",
+        "verify_audit",
+    }
+
+
+@pytest.mark.parametrize("operation_id", sorted(SAMPLES))
+def test_auth_matrix_for_every_operation(server, operations, operation_id):
+    access = _access(operations[operation_id][2])
+    answers = {
+        "none": _call(server, operation_id, None),
+        "garbage": _call(server, operation_id, "not-a-real-token-at-all"),
+        "revoked": _call(server, operation_id, server.tokens["revoked-c"]),
+        "agent": _call(server, operation_id, server.tokens["agent-a"]),
+        "admin": _call(server, operation_id, ADMIN_TOKEN),
+    }
+    assert answers["admin"][0] < 300, answers["admin"]
+    if access == "open":
+        assert all(status < 300 for status, _, _ in answers.values()), answers
+        return
+    for who in ("none", "garbage", "revoked"):
+        status, body, headers = answers[who]
+        assert status == 401, (who, answers[who])
+        assert body["error"]["code"] == "unauthorized"
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+    status, body, _ = answers["agent"]
+    if access == "admin":
+        assert status == 403, answers["agent"]
+        assert "admin token" in body["error"]["message"]
+    else:
+        assert status < 300, answers["agent"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Basic YWRtaW46YWRtaW4=", "Bearer", "Bearer ", "bearer", ADMIN_TOKEN, "Token " + ADMIN_TOKEN],
+)
+def test_malformed_authorization_headers_are_401(server, header):
+    status, body, _ = http("GET", server.url + "/v1/agents", headers={"Authorization": header})
+    assert status == 401
+    assert body["error"]["code"] == "unauthorized"
+
+
+def test_scheme_is_case_insensitive(server):
+    status, _, _ = http("GET", server.url + "/v1/agents", headers={"Authorization": f"bearer {ADMIN_TOKEN}"})
+    assert status == 200
+
+
+def test_registering_returns_the_token_once_and_listing_never_shows_it(server):
+    status, body, _ = http("POST", server.url + "/v1/agents", {"agentId": "lister"}, token=ADMIN_TOKEN)
+    assert status == 201
+    assert set(body) == {"agentId", "token", "active", "createdAt", "revokedAt"}
+    assert body["agentId"] == "lister" and body["active"] is True and body["revokedAt"] is None
+    token = body["token"]
+    status, listing, _ = http("GET", server.url + "/v1/agents", token=ADMIN_TOKEN)
+    assert status == 200
+    entry = next(a for a in listing["agents"] if a["agentId"] == "lister")
+    assert set(entry) == {"agentId", "active", "createdAt", "revokedAt"}
+    assert token not in str(listing)
+    # The token works for reads as that agent.
+    status, _, _ = http("GET", server.url + "/v1/telemetry/training", token=token)
+    assert status == 200
+
+
+def test_tokens_are_stored_only_as_sha256_hashes(server):
+    token = register_agent(server, "hashed")
+    with sqlite3.connect(server.state_dir / "wondercraft.db") as conn:
+        rows = conn.execute("SELECT agent_id, token_sha256 FROM agents").fetchall()
+    conn.close()
+    stored = dict(rows)["hashed"]
+    assert stored == hashlib.sha256(token.encode()).hexdigest()
+    assert all(token not in value for _, value in rows)
+
+
+def test_duplicate_agent_is_409_and_revoked_ids_are_never_reused(server):
+    status, body, _ = http("POST", server.url + "/v1/agents", {"agentId": "agent-a"}, token=ADMIN_TOKEN)
+    assert status == 409
+    assert "agent-a" in body["error"]["message"]
+    status, body, _ = http("POST", server.url + "/v1/agents", {"agentId": "revoked-c"}, token=ADMIN_TOKEN)
+    assert status == 409
+
+
+def test_revoking_stops_the_token_at_once_and_is_idempotent(server):
+    token = register_agent(server, "short-lived")
+    assert http("GET", server.url + "/v1/telemetry/training", token=token)[0] == 200
+    status, body, _ = http("DELETE", server.url + "/v1/agents/short-lived", token=ADMIN_TOKEN)
+    assert status == 200
+    assert body["active"] is False and isinstance(body["revokedAt"], int)
+    assert http("GET", server.url + "/v1/telemetry/training", token=token)[0] == 401
+    again = http("DELETE", server.url + "/v1/agents/short-lived", token=ADMIN_TOKEN)
+    assert again[0] == 200 and again[1]["revokedAt"] == body["revokedAt"]
+
+
+def test_revoking_an_unknown_agent_is_404(server):
+    status, body, _ = http("DELETE", server.url + "/v1/agents/nobody-here", token=ADMIN_TOKEN)
+    assert status == 404
+    assert "nobody-here" in body["error"]["message"]
+
+
+def test_an_agent_cannot_manage_agents_even_itself(server):
+    token = server.tokens["agent-b"]
+    assert http("DELETE", server.url + "/v1/agents/agent-b", token=token)[0] == 403
+    assert http("POST", server.url + "/v1/agents", {"agentId": "agent-b2"}, token=token)[0] == 403
+    assert http("GET", server.url + "/v1/agents", token=token)[0] == 403
+
+
+def test_agent_tokens_and_revocations_survive_a_restart(tmp_path):
+    state = tmp_path / "state"
+    with api_server(state) as server:
+        keep = register_agent(server, "keeper")
+        gone = register_agent(server, "goner")
+        http("DELETE", server.url + "/v1/agents/goner", token=ADMIN_TOKEN)
+    with api_server(state) as server:
+        assert http("GET", server.url + "/v1/telemetry/training", token=keep)[0] == 200
+        assert http("GET", server.url + "/v1/telemetry/training", token=gone)[0] == 401
+
+
+def test_admin_token_from_the_state_file_is_accepted(tmp_path):
+    from tests.helpers import ServerProcess
+
+    state = tmp_path / "state"
+    with ServerProcess(state) as server:
+        token = (state / "admin.token").read_text().strip()
+        assert http("GET", server.url + "/v1/agents", token=token)[0] == 200
+        assert http("GET", server.url + "/v1/agents", token=token + "x")[0] == 401

@@ -1,0 +1,51 @@
+"""Property-based conformance: schemathesis generates valid and invalid requests from the live
+service's own OpenAPI document and checks every answer against it (no 5xx, documented status,
+content type, headers and body schema; invalid input rejected, valid input accepted)."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings
+
+from server.api import build_api
+from tests.helpers import ADMIN_TOKEN, api_server, http, register_agent
+
+# Enough to cover every operation's positive and negative shapes while keeping the whole run
+# under about a minute on a small machine.
+MAX_EXAMPLES = 50
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    with api_server(
+        tmp_path_factory.mktemp("schemathesis") / "state", TELEMETRY_FLUSH_INTERVAL="0.5"
+    ) as server:
+        register_agent(server, "agent-a")
+        yield server
+
+
+# The document is built in-process so tests can be generated at collection time, before the
+# server exists; test_live_document_is_the_one_tested proves the live service serves the same.
+DOCUMENT = build_api().document
+# The SSE stream never ends by design; tests/test_api_telemetry.py covers it directly.
+schema = schemathesis.openapi.from_dict(DOCUMENT).exclude(path="/v1/telemetry/training/stream")
+
+
+@schema.parametrize()
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
+def test_live_api_conforms_to_its_document(case, live_server):
+    case.call_and_validate(base_url=live_server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+def test_live_document_is_the_one_tested(live_server):
+    status, served, _ = http("GET", live_server.url + "/v1/openapi.json")
+    assert status == 200
+    assert served == DOCUMENT
