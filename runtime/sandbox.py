@@ -35,6 +35,7 @@ TERMINATION_REASONS = ("timeout", "memory_limit", "pids_limit", "storage_limit",
 SANDBOX_ID = re.compile(r"^sb-[0-9a-f]{12}$")
 MONITOR_INTERVAL_S = 0.05
 DEFAULT_OUTPUT_LIMIT = 1 << 20
+SHIM_EXIT_TIMEOUT_S = 10.0
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -559,15 +560,23 @@ class SandboxManager:
             sandbox._lifetime_timer.cancel()
         usage = None
         mark = time.perf_counter()
-        if sandbox._cgroup is not None:
-            usage = sandbox.last_usage = await asyncio.to_thread(self._kill_and_measure, sandbox)
-        mark = _lap(sandbox, "destroy_kill", mark)
         shim = sandbox._shim
-        if shim is not None and shim.returncode is None:
+        if shim is not None and shim.returncode is None and sandbox.init_pid:
+            # PID 1's death makes the kernel kill everything in its pid namespace; its
+            # pid cannot be reused meanwhile, since the shim has not reaped it yet.
             with contextlib.suppress(ProcessLookupError):
-                shim.kill()
+                os.kill(sandbox.init_pid, signal.SIGKILL)
         if shim is not None:
-            await shim.wait()
+            try:
+                await asyncio.wait_for(shim.wait(), SHIM_EXIT_TIMEOUT_S)
+            except TimeoutError:
+                shim.kill()
+                await shim.wait()
+        mark = _lap(sandbox, "destroy_kill", mark)
+        if sandbox._cgroup is not None:
+            # Normally empty by now; anything left (a process that escaped the pid
+            # namespace cannot exist, but be thorough) is killed through the cgroup.
+            usage = sandbox.last_usage = await asyncio.to_thread(self._kill_and_measure, sandbox)
         mark = _lap(sandbox, "destroy_reap", mark)
         if sandbox.netns:
             network.remove(sandbox.netns)
