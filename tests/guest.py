@@ -136,8 +136,18 @@ class Guest:
             raise FileNotFoundError(
                 f"{UML_KERNEL} is missing; expected Debian's user-mode-linux package (make install installs it)"
             )
+        overlay = shlex.quote(str(overlay_module()))
         RUN_PARENT.mkdir(parents=True, exist_ok=True)
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"wondercraft-guest-{self.label}-", dir=RUN_PARENT))
+        try:
+            self._boot(overlay)
+        except BaseException:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        return self
+
+    def _boot(self, overlay: str) -> None:
+        assert self.run_dir is not None
         python = REPO / ".venv" / "bin" / "python"
         if not python.exists():
             python = Path(sys.executable)
@@ -146,7 +156,6 @@ class Guest:
             [str(python), "-m", "pytest", *plugins, "-p", "no:cacheprovider", "--rootdir", str(REPO)]
             + self.pytest_args
         )
-        overlay = shlex.quote(str(overlay_module()))
         if shutil.which("insmod"):
             load_overlay = f'insmod {overlay} 2>>"$RUN/init.log"'
         else:
@@ -192,7 +201,6 @@ class Guest:
                 argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,
             )  # fmt: skip
-        return self
 
     def wait(self, timeout_s: float = GUEST_TIMEOUT_S, keep: bool = False) -> GuestRun:
         assert self.proc is not None and self.run_dir is not None, "start() first"
@@ -242,11 +250,15 @@ class Guest:
         self.proc.wait()
 
 
-def run_pytest_in_guest(pytest_args: list[str], **kwargs) -> GuestRun:
+def run_pytest_in_guest(
+    pytest_args: list[str],
+    *,
+    label: str = "v2",
+    memory_mb: int = GUEST_MEMORY_MB,
+    timeout_s: float = GUEST_TIMEOUT_S,
+) -> GuestRun:
     """Boot a guest, run `pytest <pytest_args>` in it (cwd: the repo), power it off."""
-    timeout_s = kwargs.pop("timeout_s", GUEST_TIMEOUT_S)
-    guest = Guest(pytest_args, **kwargs).start()
-    return guest.wait(timeout_s)
+    return Guest(pytest_args, label=label, memory_mb=memory_mb).start().wait(timeout_s)
 
 
 def split_among_guests(files: list[Path], max_guests: int = MAX_PARALLEL_GUESTS) -> dict[str, list[Path]]:

@@ -47,4 +47,5 @@ def test_marked_tests_pass_inside_the_pure_v2_guest(guests, label):
     run = guests[label].wait()
     assert run.returncode is not None, "the guest never finished its pytest run\n" + run.report()
     assert run.returncode == 0, run.report()
+    assert not run.init_log, "the guest's init could not set everything up\n" + run.report()
     print(run.report())
