@@ -17,9 +17,11 @@ from runtime.cgroups import (
     PARENT_PREFIX,
     SUPERVISOR_LEAF,
     CgroupLimits,
+    cgroup_mounts,
     detect_mode,
     open_backend,
     own_cgroups,
+    v1_hierarchies,
 )
 from runtime.cgroups.base import CgroupBackend, SandboxCgroup
 from runtime.cgroups.files import read_psi
@@ -429,3 +431,27 @@ def test_v2_kill_by_freezing_when_cgroup_kill_is_missing(backend, children):
     cgroup._freeze_and_kill()
     assert cgroup.pids() == []
     assert proc.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_co_mounted_v1_controllers_share_one_hierarchy_and_mount_roots_are_honoured():
+    # What a classic systemd v1 host shows: cpu and cpuacct mounted together, and
+    # (as inside a container) a hierarchy whose mount shows only a subtree.
+    mountinfo = (
+        "30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+        "31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "32 25 0:28 /machine/box /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
+        "33 25 0:29 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n"
+    )
+    proc_cgroup = (
+        "5:pids:/machine/box/svc\n4:memory:/system.slice/w.service\n"
+        "3:cpu,cpuacct:/system.slice/w.service\n1:name=systemd:/system.slice/w.service\n0::/\n"
+    )
+    mounts = cgroup_mounts(mountinfo)
+    assert detect_mode(mountinfo) == "v1"
+    hierarchies = v1_hierarchies(mounts, own_cgroups(proc_cgroup))
+    by_controllers = {h.controllers: h.own_dir for h in hierarchies}
+    assert by_controllers == {
+        ("cpu", "cpuacct"): "/sys/fs/cgroup/cpu,cpuacct/system.slice/w.service",
+        ("memory",): "/sys/fs/cgroup/memory/system.slice/w.service",
+        ("pids",): "/sys/fs/cgroup/pids/svc",
+    }
