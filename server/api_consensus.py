@@ -17,13 +17,24 @@ HISTORY_QUERY = [
     Param("beforeSeq", SEQ, "Only entries older than this seq (to page backwards)"),
     Param("limit", LIMIT, "At most this many entries"),
 ]
-HISTORY_DESCRIPTION = (
-    "Newest first. An agent sees entries about no agent in particular (rounds, votes, commits) "
-    "and its own; the admin sees all."
+HISTORY = {
+    "description": "Newest first. An agent sees entries about no agent in particular (rounds, votes, "
+    "commits) and its own; the admin sees all.",
+    "access": "agent",
+    "query": HISTORY_QUERY,
+    "replies": [Reply(200, "Matching entries", ref("AuditHistory"))],
+}
+
+
+@ROUTES.operation(
+    "GET",
+    "/v1/chat/history",
+    summary="Consensus history (the seed's name for it)",
+    operation_id="chat_history",
+    **HISTORY,
 )
-
-
-async def _history(call: Call) -> web.Response:
+@ROUTES.operation("GET", "/v1/consensus/history", summary="Consensus history and audit trail", **HISTORY)
+async def consensus_history(call: Call) -> web.Response:
     caller, q = call.caller, call.query
     entries = await call.services.audit.history(
         HistoryQuery(
@@ -36,22 +47,6 @@ async def _history(call: Call) -> web.Response:
         )
     )
     return json_reply({"entries": [e.to_json() for e in entries], "count": len(entries)})
-
-
-for _path, _name, _summary in (
-    ("/v1/consensus/history", "consensus_history", "Consensus history and audit trail"),
-    ("/v1/chat/history", "chat_history", "Consensus history (the seed's name for it)"),
-):
-    ROUTES.operation(
-        "GET",
-        _path,
-        summary=_summary,
-        description=HISTORY_DESCRIPTION,
-        access="agent",
-        query=HISTORY_QUERY,
-        replies=[Reply(200, "Matching entries", ref("AuditHistory"))],
-        operation_id=_name,
-    )(_history)
 
 
 @ROUTES.operation(

@@ -4,6 +4,7 @@ query and body already match the document; nothing reaches a handler unchecked."
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import math
@@ -23,6 +24,8 @@ from .validation import SchemaValidator, describe, document_registry, parse_json
 Access = Literal["open", "admin", "agent"]
 DOCUMENT_URI = "urn:wondercraft:openapi"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Bodies above this are parsed and validated in a worker thread, off the event loop.
+OFFLOAD_BODY_BYTES = 64 * 1024
 _INTEGER = re.compile(r"^-?[0-9]{1,19}$")
 
 # Error answers every operation may give, by status: (components.responses name, description).
@@ -219,6 +222,8 @@ class Api:
                 "summary": op.summary,
                 "tags": [op.tag],
                 "security": [] if op.access == "open" else [{"bearerAuth": []}],
+                # Who may call it: open (no token), agent (any valid token) or admin.
+                "x-access": op.access,
             }
             if op.description:
                 entry["description"] = op.description
@@ -394,7 +399,13 @@ class Api:
             raw += chunk
         if not raw.strip():
             raise BadRequest("request body is required: a JSON object")
-        document = parse_json(bytes(raw))
+        if len(raw) > OFFLOAD_BODY_BYTES:
+            # Parsing and validating a large body takes long enough to stall other requests.
+            return await asyncio.to_thread(self._parse_and_check, op, bytes(raw))
+        return self._parse_and_check(op, bytes(raw))
+
+    def _parse_and_check(self, op: Operation, raw: bytes) -> Any:
+        document = parse_json(raw)
         self._body_validators[id(op)].check(document)
         return document
 

@@ -141,8 +141,8 @@ COMPONENTS: dict[str, dict[str, Any]] = {
                 "maximum": 315576000000,
                 "description": "Milliseconds the cycle took",
             },
-            "epochs": {"type": "integer", "minimum": 0, "maximum": 100000},
-            "lossPerEpoch": {"type": "array", "maxItems": 100000, "items": {"type": "number"}},
+            "epochs": {"type": "integer", "minimum": 0, "maximum": 10000},
+            "lossPerEpoch": {"type": "array", "maxItems": 1000, "items": {"type": "number"}},
         },
     },
     "TelemetryEventInput": {

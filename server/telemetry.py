@@ -26,6 +26,7 @@ DAY_MS = 86_400_000
 MAX_PENDING_EVENTS = 100_000
 SUBSCRIBER_QUEUE_EVENTS = 1000
 PRUNE_EVERY_S = 3600.0
+FLUSH_RETRY_S = 1.0
 _SCHEMA_URI = "urn:wondercraft:schemas"
 
 
@@ -152,6 +153,7 @@ class TelemetryService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_prune = 0.0
         self._stopping = False
+        self._closing = False
         self._validator = SchemaValidator(
             {"$ref": f"{_SCHEMA_URI}#/components/schemas/TelemetryEventInput"},
             registry=document_registry({"components": {"schemas": COMPONENTS}}, _SCHEMA_URI),
@@ -179,9 +181,10 @@ class TelemetryService:
         """Writes everything accepted so far, then stops the background writer."""
         self.begin_shutdown()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not cancelled: a batch being written in a thread must finish before the store closes.
+            self._closing = True
+            self._wake.set()
+            await self._task
             self._task = None
         await self.flush()
         left = len(self._buffers.pending)
@@ -189,12 +192,14 @@ class TelemetryService:
             log.error("telemetry events not written at shutdown", extra={"events": left})
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
             self._wake.clear()
-            await self.flush()
-            if time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
+            if await self.flush() is None:
+                # The store refused the batch (disk full?): retry, but not in a tight loop.
+                await asyncio.sleep(FLUSH_RETRY_S)
+            if not self._closing and time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
                 await self._prune()
 
     # ---- writing ----
@@ -206,10 +211,12 @@ class TelemetryService:
         self._validator.check(dict(event), whole="event")
         return self._accept([event])[0]
 
-    def emit_many(self, events: list[Mapping[str, Any]]) -> list[TelemetryEvent]:
-        """All or nothing: one invalid event rejects the batch."""
-        for index, event in enumerate(events):
-            self._validator.check(dict(event), prefix=f"events[{index}]", whole="event")
+    def emit_many(self, events: list[Mapping[str, Any]], *, validated: bool = False) -> list[TelemetryEvent]:
+        """All or nothing: one invalid event rejects the batch. `validated=True` skips the
+        check for events already validated against the TelemetryEventInput schema."""
+        if not validated:
+            for index, event in enumerate(events):
+                self._validator.check(dict(event), prefix=f"events[{index}]", whole="event")
         return self._accept(events)
 
     def emit_threadsafe(self, event: Mapping[str, Any]) -> None:
@@ -256,9 +263,9 @@ class TelemetryService:
             self._wake.set()
         return accepted
 
-    async def flush(self) -> int:
-        """Writes every buffered event now; returns how many were written."""
-        written = 0
+    async def flush(self) -> int | None:
+        """Writes every buffered event now; returns how many were written, None if a write failed."""
+        written: int | None = 0
         async with self._flush_lock:
             while self._buffers.pending:
                 batch = self._buffers.pending
@@ -273,6 +280,7 @@ class TelemetryService:
                     self._buffers.inflight = []
                     self._metrics.telemetry_flush_failures.inc()
                     log.exception("telemetry batch write failed", extra={"events": len(batch)})
+                    written = None
                     break
                 self._buffers.inflight = []
                 written += len(batch)

@@ -80,9 +80,8 @@ def test_every_operation_has_an_auth_sample(operations):
 
 
 def _access(op: dict) -> str:
-    if op["security"] == []:
-        return "open"
-    return "admin" if "Admin token only" in op.get("description", "") else "agent"
+    assert (op["security"] == []) == (op["x-access"] == "open")
+    return op["x-access"]
 
 
 def test_open_operations_are_exactly_health_and_the_document(operations):
@@ -218,3 +217,42 @@ def test_admin_token_from_the_state_file_is_accepted(tmp_path):
         token = (state / "admin.token").read_text().strip()
         assert http("GET", server.url + "/v1/agents", token=token)[0] == 200
         assert http("GET", server.url + "/v1/agents", token=token + "x")[0] == 401
+
+
+# ---- the ownership helpers later handlers use (in-process) ----
+
+
+def test_act_as_lets_an_agent_act_only_as_itself():
+    from server.auth import ADMIN, Caller, act_as
+    from server.errors import BadRequest, Forbidden
+
+    agent = Caller("agent-a")
+    assert act_as(agent, "agent-a") == "agent-a"
+    assert act_as(agent, None) == "agent-a"
+    with pytest.raises(Forbidden, match="'agent-b' is not the agent this token belongs to"):
+        act_as(agent, "agent-b")
+    assert act_as(ADMIN, "agent-b") == "agent-b"
+    with pytest.raises(BadRequest, match="agentId is required"):
+        act_as(ADMIN, None)
+
+
+def test_other_agents_resources_look_missing():
+    from server.auth import ADMIN, Caller, ensure_visible
+    from server.errors import NotFound
+
+    ensure_visible(ADMIN, "agent-b", "sandbox", "sb-1")
+    ensure_visible(Caller("agent-b"), "agent-b", "sandbox", "sb-1")
+    ensure_visible(Caller("agent-b"), None, "round", "r-1")
+    with pytest.raises(NotFound, match="^sandbox sb-1 not found$"):
+        ensure_visible(Caller("agent-a"), "agent-b", "sandbox", "sb-1")
+
+
+def test_agent_filter_scopes_lists_to_the_caller():
+    from server.auth import ADMIN, Caller, agent_filter
+    from server.errors import Forbidden
+
+    assert agent_filter(ADMIN, None) is None
+    assert agent_filter(ADMIN, "agent-b") == "agent-b"
+    assert agent_filter(Caller("agent-a"), None) == "agent-a"
+    with pytest.raises(Forbidden):
+        agent_filter(Caller("agent-a"), "agent-b")

@@ -81,29 +81,33 @@ def test_small_bodies_have_small_limits(server):
 # ---- syntax ----
 
 
+def metric_event(value: bytes) -> bytes:
+    return (
+        b'{"events": [{"event": "training_cycle_completed", "agentId": "a", "metrics": {"loss": '
+        + value
+        + b"}}]}"
+    )
+
+
 @pytest.mark.parametrize(
-    "raw,fragment",
+    "path,raw,fragment",
     [
-        (b"{not json", "is not valid JSON"),
-        (b'{"agentId": "a",}', "is not valid JSON"),
-        (
-            b'{"events": [{"event": "training_cycle_completed", "agentId": "a", "metrics": {"loss": NaN}}]}',
-            "NaN",
-        ),
-        (
-            b'{"events": [{"event": "training_cycle_completed", "agentId": "a", "metrics": {"loss": 1e999}}]}',
-            "out of range",
-        ),
-        (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
-        (b'{"events": [{"timestamp": ' + b"9" * 5000 + b"}]}", "not valid JSON"),
-        (b'{"agentId": "\xff\xfe"}', "UTF-8"),
-        (b"   ", "body is required"),
-        (b"", "body is required"),
+        (AGENTS, b"{not json", "is not valid JSON"),
+        (AGENTS, b'{"agentId": "a",}', "is not valid JSON"),
+        (TELEMETRY, metric_event(b"NaN"), "NaN is not valid JSON"),
+        (TELEMETRY, metric_event(b"-Infinity"), "-Infinity is not valid JSON"),
+        (TELEMETRY, metric_event(b"1e999"), "out of range"),
+        (TELEMETRY, b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+        (TELEMETRY, metric_event(b"9" * 5000), "not valid JSON"),
+        (AGENTS, b'{"agentId": "\xff\xfe"}', "UTF-8"),
+        (AGENTS, b"   ", "body is required"),
+        (AGENTS, b"", "body is required"),
     ],
     ids=[
         "garbage",
         "trailing-comma",
         "nan",
+        "infinity",
         "overflow",
         "deep-nesting",
         "huge-int",
@@ -112,8 +116,7 @@ def test_small_bodies_have_small_limits(server):
         "empty",
     ],
 )
-def test_malformed_json_is_400(server, raw, fragment):
-    path = AGENTS if b'agentId": "a",' in raw or b"\xff" in raw else TELEMETRY
+def test_malformed_json_is_400(server, path, raw, fragment):
     assert_error(post_raw(server, path, raw), 400, fragment)
 
 

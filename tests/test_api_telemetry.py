@@ -251,10 +251,9 @@ def test_an_agents_stream_carries_only_its_own_events(server):
     mine = stream(server, token=server.tokens["agent-a"])
     try:
         post(server, event("agent-b", cycleId="not-yours"), event("agent-a", cycleId="yours"))
-        got = mine.wait_for(1)
-        time.sleep(0.3)
+        assert mine.wait_for(1)
+        time.sleep(0.3)  # room for a wrongly delivered event to arrive
         assert [e["cycleId"] for e in mine.data()] == ["yours"]
-        assert got
     finally:
         mine.close()
 
@@ -307,3 +306,58 @@ def test_sigterm_ends_open_streams_and_the_server_exits_promptly(tmp_path):
     assert time.monotonic() - started < 5
     assert reader.ended.wait(5)
     reader.close()
+
+
+# ---- the service API later code calls (in-process) ----
+
+
+def test_emit_validates_names_the_field_and_stop_writes_everything(tmp_path):
+    import asyncio
+
+    from server.errors import BadRequest
+    from server.metrics import Metrics
+    from server.store import Store
+    from server.telemetry import TelemetryFilter, TelemetryService
+
+    store = Store(tmp_path / "wondercraft.db")
+
+    async def main():
+        service = TelemetryService(store, Metrics(), batch_size=1000, flush_interval_s=3600, retention_days=7)
+        await service.start()
+        with pytest.raises(BadRequest, match="metrics.loss must be a number"):
+            service.emit({"event": "training_cycle_completed", "agentId": "a", "metrics": {"loss": "low"}})
+        first = service.emit({"event": "training_cycle_completed", "agentId": "a", "cycleId": "c-1"})
+        # From a worker thread, as the runtime's supervisors would.
+        await asyncio.to_thread(service.emit_threadsafe, {"event": "training_cycle_failed", "agentId": "a"})
+        await asyncio.sleep(0.05)
+        found = await service.query(TelemetryFilter(agent_id="a"))
+        assert [e.seq for e in found] == [first.seq + 1, first.seq]
+        assert store.query("SELECT COUNT(*) AS n FROM telemetry")[0]["n"] == 0
+        await service.stop()
+
+    try:
+        asyncio.run(main())
+        assert store.query("SELECT COUNT(*) AS n FROM telemetry")[0]["n"] == 2
+    finally:
+        store.close()
+
+
+def test_a_reader_too_slow_for_the_stream_is_cut_off_not_buffered_without_bound():
+    import asyncio
+
+    from server.telemetry import Subscription, TelemetryEvent, TelemetryFilter
+
+    async def main():
+        subscription = Subscription(TelemetryFilter(agent_id="a"), max_queued=3)
+        for seq in range(1, 6):
+            subscription.offer(
+                TelemetryEvent(seq=seq, event="training_cycle_completed", agent_id="a", timestamp_ms=0)
+            )
+        subscription.offer(
+            TelemetryEvent(seq=9, event="training_cycle_completed", agent_id="b", timestamp_ms=0)
+        )
+        assert subscription.overflowed
+        assert (await subscription.next(0.1)).seq == 1
+        subscription.close()
+
+    asyncio.run(main())
