@@ -369,6 +369,8 @@ class SandboxManager:
         status_r, status_w = os.pipe()
         started = time.monotonic()
         baseline = await asyncio.to_thread(self._usage, sandbox)
+        # A full upper layer at the start is not this exec's doing (it may be here to clean up).
+        storage_was_full = self._storage_full(sandbox)
         try:
             proc = await process.spawn(
                 [
@@ -409,7 +411,7 @@ class SandboxManager:
         async def monitor() -> None:
             while True:
                 await asyncio.sleep(MONITOR_INTERVAL_S)
-                reason = self._violation(sandbox, baseline)
+                reason = self._violation(sandbox, baseline, storage_was_full=storage_was_full)
                 if reason:
                     violation.append(reason)
                     self._kill_exec(sandbox, group, everything=True)
@@ -448,7 +450,7 @@ class SandboxManager:
         if reason is None and timed_out:
             reason = "timeout"
         if reason is None:
-            reason = self._violation(sandbox, baseline, usage)
+            reason = self._violation(sandbox, baseline, usage, storage_was_full=storage_was_full)
         accounting = status["accounting"]
         record = ResourceRecord(
             wall_s=round(time.monotonic() - started, 6),
@@ -498,7 +500,14 @@ class SandboxManager:
                 environment[key] = value
         return environment
 
-    def _violation(self, sandbox: Sandbox, baseline, usage=None) -> str | None:
+    def _violation(
+        self,
+        sandbox: Sandbox,
+        baseline: CgroupUsage,
+        usage: CgroupUsage | None = None,
+        *,
+        storage_was_full: bool,
+    ) -> str | None:
         """A cap this sandbox ran into since `baseline`, judged from the kernel's counters."""
         if sandbox._cgroup is None:
             return None
@@ -508,7 +517,7 @@ class SandboxManager:
             return "memory_limit"
         if usage.pids_max_events > baseline.pids_max_events:
             return "pids_limit"
-        if self._storage_full(sandbox):
+        if not storage_was_full and self._storage_full(sandbox):
             return "storage_limit"
         return None
 
