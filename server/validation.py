@@ -94,9 +94,11 @@ def explain(error: ValidationError, prefix: str = "", whole: str = "body") -> di
     """One validation failure as {field, message}; `whole` names the instance itself."""
     field = _field(prefix, error.absolute_path)
     schema = error.schema if isinstance(error.schema, Mapping) else {}
-    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-        allowed = sorted(schema.get("properties", {}))
-        unknown = sorted(k for k in error.instance if k not in allowed)
+    allowed = sorted(schema.get("properties", {}))
+    unknown = (
+        sorted(k for k in error.instance if k not in allowed) if isinstance(error.instance, Mapping) else []
+    )
+    if error.validator == "additionalProperties" and unknown:
         return {
             "field": f"{field}.{unknown[0]}" if field else unknown[0],
             "message": f"unknown field(s) {', '.join(unknown)} in {field or whole}; "

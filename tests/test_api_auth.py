@@ -13,8 +13,9 @@ from tests.helpers import ADMIN_TOKEN, EventStream, api_server, http, register_a
 
 UNIQUE = itertools.count()
 
-# One valid request per operation, so the matrix below checks auth and not validation.
-# A new operation without a sample here fails test_every_operation_has_an_auth_sample.
+# One valid request per operation, about agent-a's records where it names an agent, so the
+# matrix below checks auth and not validation. A new operation without a sample here fails
+# test_every_operation_has_an_auth_sample.
 SAMPLES = {
     "healthz": ("GET", "/healthz", None),
     "openapi_document": ("GET", "/v1/openapi.json", None),
@@ -22,13 +23,13 @@ SAMPLES = {
     "register_agent": ("POST", "/v1/agents", {"agentId": "matrix-new"}),
     "list_agents": ("GET", "/v1/agents", None),
     "revoke_agent": ("DELETE", "/v1/agents/matrix-victim", None),
-    "telemetry_events": ("GET", "/v1/telemetry/training", None),
+    "telemetry_events": ("GET", "/v1/telemetry/training?agentId=agent-a", None),
     "record_telemetry": (
         "POST",
         "/v1/telemetry/training",
         {"events": [{"event": "training_cycle_completed", "agentId": "agent-a"}]},
     ),
-    "telemetry_stream": ("GET", "/v1/telemetry/training/stream", None),
+    "telemetry_stream": ("GET", "/v1/telemetry/training/stream?agentId=agent-a", None),
     "consensus_history": ("GET", "/v1/consensus/history", None),
     "chat_history": ("GET", "/v1/chat/history", None),
     "verify_audit": ("GET", "/v1/audit/verify", None),
@@ -74,9 +75,8 @@ def _call(server, operation_id: str, token: str | None):
 def test_every_operation_has_an_auth_sample(operations):
     assert set(operations) == set(SAMPLES)
     for operation_id, (method, path, _) in SAMPLES.items():
-        assert operations[operation_id][:2] == (method, path.replace("matrix-victim", "{agentId}")), (
-            operation_id
-        )
+        documented = path.split("?")[0].replace("matrix-victim", "{agentId}")
+        assert operations[operation_id][:2] == (method, documented), operation_id
 
 
 def _access(op: dict) -> str:
@@ -105,7 +105,8 @@ def test_auth_matrix_for_every_operation(server, operations, operation_id):
         "none": _call(server, operation_id, None),
         "garbage": _call(server, operation_id, "not-a-real-token-at-all"),
         "revoked": _call(server, operation_id, server.tokens["revoked-c"]),
-        "agent": _call(server, operation_id, server.tokens["agent-a"]),
+        "own agent": _call(server, operation_id, server.tokens["agent-a"]),
+        "other agent": _call(server, operation_id, server.tokens["agent-b"]),
         "admin": _call(server, operation_id, ADMIN_TOKEN),
     }
     assert answers["admin"][0] < 300, answers["admin"]
@@ -117,12 +118,21 @@ def test_auth_matrix_for_every_operation(server, operations, operation_id):
         assert status == 401, (who, answers[who])
         assert body["error"]["code"] == "unauthorized"
         assert headers["WWW-Authenticate"].startswith("Bearer")
-    status, body, _ = answers["agent"]
     if access == "admin":
-        assert status == 403, answers["agent"]
-        assert "admin token" in body["error"]["message"]
+        for who in ("own agent", "other agent"):
+            status, body, _ = answers[who]
+            assert status == 403, (who, answers[who])
+            assert "admin token" in body["error"]["message"]
+        return
+    assert answers["own agent"][0] < 300, answers["own agent"]
+    status, body, _ = answers["other agent"]
+    if "agentId=agent-a" in SAMPLES[operation_id][1]:
+        # Naming another agent's records is refused outright.
+        assert status == 403, answers["other agent"]
     else:
-        assert status < 300, answers["agent"]
+        # Lists answer, but without the other agent's records.
+        assert status == 200 and "agent-a" not in str(body), answers["other agent"]
+        assert "agent-a" in str(answers["own agent"][1])
 
 
 @pytest.mark.parametrize(
