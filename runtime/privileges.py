@@ -1,7 +1,7 @@
 """What a sandboxed process runs as. The drop itself happens in wc-init's exec child
 (setgroups/setresgid/setresuid, every capability including the bounding set, no_new_privs,
 a seccomp deny-list, RLIMIT_CORE 0 and a bounded RLIMIT_NOFILE); this module holds the
-policy and the service-side process settings that python-prctl provides."""
+policy; python-prctl checks the service's own capabilities at start-up."""
 
 from __future__ import annotations
 
@@ -27,10 +27,3 @@ class ProcessIdentity:
 
     def exec_args(self) -> list[str]:
         return ["--uid", str(self.uid), "--gid", str(self.gid), "--nofile", str(self.max_open_files)]
-
-
-def become_subreaper() -> None:
-    """Orphaned launcher processes are reparented to the service, not to PID 1 of the host."""
-    import prctl
-
-    prctl.set_child_subreaper(True)

@@ -17,7 +17,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +204,9 @@ class SandboxManager:
         self._sandboxes: dict[str, Sandbox] = {}
         self._launcher = str(native.launcher_path())
         self._started = False
+        # Async callbacks the service registers: on_created(sandbox), on_destroyed(sandbox, record).
+        self.on_created: list[Callable[[Sandbox], Awaitable[None]]] = []
+        self.on_destroyed: list[Callable[[Sandbox, dict], Awaitable[None]]] = []
 
     # ---------------------------------------------------------------- setup --
 
@@ -303,6 +306,8 @@ class SandboxManager:
             spec.lifetime_s, lambda: loop.create_task(self.destroy(sandbox_id, reason="lifetime"))
         )
         loop.create_task(self._watch_init(sandbox))
+        for callback in self.on_created:
+            await callback(sandbox)
         return sandbox
 
     def _create_args(self, sandbox: Sandbox) -> list[str]:
@@ -557,10 +562,15 @@ class SandboxManager:
         sandbox.status = "destroying"
         try:
             record = await self._teardown(sandbox, reason=sandbox.ending_reason)
+            sandbox.final_record = record
         finally:
             sandbox.status = "destroyed"
             sandbox._destroyed.set()
-        sandbox.final_record = record
+        for callback in self.on_destroyed:
+            try:
+                await callback(sandbox, record)
+            except Exception:
+                log.exception("on_destroyed callback failed", extra={"sandbox_id": sandbox.id})
         return record
 
     async def _teardown(self, sandbox: Sandbox, *, reason: str) -> dict:

@@ -29,6 +29,9 @@ async def supervise_once(manager: SandboxManager) -> SweepReport:
             report.dead.append(sandbox.id)
             await manager.destroy(sandbox.id, reason="killed")
     report.orphans = await manager.sweep_orphans()
+    for sandbox in manager.list():
+        if sandbox.status == "destroyed":
+            manager.forget(sandbox.id)  # its record lives in the store
     return report
 
 

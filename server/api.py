@@ -4,11 +4,18 @@ module, and list that module's ROUTES in TABLES below; route, validation and doc
 
 from __future__ import annotations
 
-from . import VERSION, api_agents, api_consensus, api_system, api_telemetry
+from . import VERSION, api_agents, api_consensus, api_petals, api_sandbox, api_system, api_telemetry
 from .openapi import Api
 from .schemas import COMPONENTS
 
-TABLES = [api_system.ROUTES, api_agents.ROUTES, api_telemetry.ROUTES, api_consensus.ROUTES]
+TABLES = [
+    api_system.ROUTES,
+    api_agents.ROUTES,
+    api_sandbox.ROUTES,
+    api_petals.ROUTES,
+    api_telemetry.ROUTES,
+    api_consensus.ROUTES,
+]
 
 DESCRIPTION = """\
 WonderCraft: sandboxed learn cycles and federated training on bare-metal GPU hosts.

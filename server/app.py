@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 from aiohttp import web
 
 from runtime.cgroups import detect_mode
+from runtime.sandbox import SandboxManager
+from runtime.supervisor import Supervisor
 
 from .api import build_api
 from .audit import AuditLog
@@ -18,6 +21,8 @@ from .config import Settings
 from .errors import WonderCraftError
 from .metrics import LoopLagMonitor, Metrics
 from .openapi import API_KEY
+from .petals import PetalsService
+from .sandboxes import SandboxService
 from .services import SERVICES, Services
 from .store import Store
 from .telemetry import TelemetryService
@@ -109,6 +114,13 @@ async def _start_services(app: web.Application) -> None:
     services = app[SERVICES]
     services.loop_lag.start()
     await services.telemetry.start()
+    # Start-up recovery: sweep what a crashed run left, then pick up its unfinished cycles.
+    orphans = await services.runtime.start()
+    if orphans["cgroups"] or orphans["netns"]:
+        log.warning("start-up recovery removed orphans", extra={"orphans": orphans})
+    await services.sandboxes.start()
+    await services.petals.start()
+    services.supervisor.start()
 
 
 async def _begin_shutdown(app: web.Application) -> None:
@@ -119,6 +131,10 @@ async def _begin_shutdown(app: web.Application) -> None:
 async def _stop_services(app: web.Application) -> None:
     # Runs after every request has finished: nothing can be accepted after this final flush.
     services = app[SERVICES]
+    await services.supervisor.stop()
+    await services.petals.stop(services.settings.shutdown_grace_s)
+    await services.sandboxes.destroy_all()
+    await services.runtime.close()
     await services.telemetry.stop()
     await services.loop_lag.stop()
 
@@ -126,22 +142,38 @@ async def _stop_services(app: web.Application) -> None:
 def create_app(settings: Settings, store: Store, admin_token: str | None = None) -> web.Application:
     metrics = Metrics()
     audit = AuditLog(store, metrics)
+    state_dir = Path(store.path).resolve().parent
+    runtime = SandboxManager(
+        state_dir,
+        rootfs_image=Path(settings.rootfs_image) if settings.rootfs_image else None,
+        output_limit_bytes=settings.sandbox_output_limit_bytes,
+    )
+    telemetry = TelemetryService(
+        store,
+        metrics,
+        batch_size=settings.telemetry_batch_size,
+        flush_interval_s=settings.telemetry_flush_interval_s,
+        retention_days=settings.telemetry_retention_days,
+    )
+    petals = PetalsService(
+        settings, store, state_dir, runtime, telemetry=telemetry, audit=audit, metrics=metrics
+    )
     services = Services(
         settings=settings,
         store=store,
         metrics=metrics,
         audit=audit,
         agents=AgentRegistry(store, audit, admin_token),
-        telemetry=TelemetryService(
-            store,
-            metrics,
-            batch_size=settings.telemetry_batch_size,
-            flush_interval_s=settings.telemetry_flush_interval_s,
-            retention_days=settings.telemetry_retention_days,
-        ),
+        telemetry=telemetry,
         loop_lag=LoopLagMonitor(metrics),
         started_monotonic=time.monotonic(),
         cgroup_mode=detect_mode(),
+        runtime=runtime,
+        supervisor=Supervisor(runtime, settings.sandbox_cleanup_interval_s),
+        sandboxes=SandboxService(
+            settings, store, state_dir, runtime, audit=audit, metrics=metrics, petals=petals
+        ),
+        petals=petals,
     )
     app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[SERVICES] = services

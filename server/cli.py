@@ -108,7 +108,12 @@ async def _serve(settings: Settings, store, listener: socket.socket, admin_token
 
     app = create_app(settings, store, admin_token=admin_token)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except Exception as exc:
+        log.exception("start-up failed")
+        await runner.cleanup()
+        raise StartupRefused(f"start-up recovery failed: {exc}") from None
     site = web.SockSite(runner, listener)
     await site.start()
     host, port = listener.getsockname()[:2]

@@ -40,6 +40,21 @@ class Settings:
     aggregation_threshold: float = 0.67
     consensus_required: bool = True
     admin_token: str | None = None
+    # Beyond the seed: operational knobs with conservative defaults.
+    petals_max_queue_depth: int = 1000
+    petals_max_retries: int = 3
+    petals_retry_base_delay_s: float = 1.0
+    petals_round_deadline_s: float = 300.0
+    petals_max_model_parameters: int = 20_000_000
+    sandbox_default_storage_mb: int = 512
+    sandbox_default_pids: int = 256
+    sandbox_output_limit_bytes: int = 1 << 20
+    shutdown_grace_s: float = 30.0
+    rootfs_image: str | None = None
+    aggregation_method: str = "fedavg"
+    max_update_norm: float = 1000.0
+    validation_tolerance: float = 0.02
+    learn_command: tuple[str, ...] = ("python", "/opt/wondercraft/learn_cycle.py")
 
 
 # ---- value parsers: each returns the parsed value or raises ValueError(expected) ----
@@ -97,6 +112,32 @@ def _boolean(raw: Any) -> bool:
     raise ValueError("true or false")
 
 
+def _path(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.startswith("/") or "\0" in raw:
+        raise ValueError("an absolute path")
+    return raw
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        if raw not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return raw
+
+    return parse
+
+
+def _argv(raw: Any) -> tuple[str, ...]:
+    expected = "a non-empty list of strings (a command and its arguments, no shell)"
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(a, str) and a and "\0" not in a for a in raw)
+    ):
+        raise ValueError(expected)
+    return tuple(raw)
+
+
 def _token(raw: Any) -> str:
     expected = "a string of 16 to 512 printable characters without whitespace"
     if not isinstance(raw, str) or not 16 <= len(raw) <= 512:
@@ -120,6 +161,16 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "TELEMETRY_BATCH_SIZE": ("telemetry_batch_size", _int_between(1, 100000)),
     "TELEMETRY_FLUSH_INTERVAL": ("telemetry_flush_interval_s", _number_between(0.0, 86400.0)),
     "WONDERCRAFT_ADMIN_TOKEN": ("admin_token", _token),
+    "PETALS_MAX_QUEUE_DEPTH": ("petals_max_queue_depth", _int_between(1, 1000000)),
+    "PETALS_MAX_RETRIES": ("petals_max_retries", _int_between(0, 100)),
+    "PETALS_RETRY_BASE_DELAY": ("petals_retry_base_delay_s", _number_between(0.0, 3600.0)),
+    "PETALS_ROUND_DEADLINE": ("petals_round_deadline_s", _number_between(0.0, 86400.0)),
+    "PETALS_MAX_MODEL_PARAMETERS": ("petals_max_model_parameters", _int_between(1, 2_000_000_000)),
+    "SANDBOX_DEFAULT_STORAGE": ("sandbox_default_storage_mb", _int_between(1, 1048576)),
+    "SANDBOX_DEFAULT_PIDS": ("sandbox_default_pids", _int_between(8, 65536)),
+    "SANDBOX_OUTPUT_LIMIT": ("sandbox_output_limit_bytes", _int_between(1024, 1 << 30)),
+    "WONDERCRAFT_SHUTDOWN_GRACE": ("shutdown_grace_s", _number_between(0.0, 3600.0, lo_open=False)),
+    "WONDERCRAFT_ROOTFS_IMAGE": ("rootfs_image", _path),
 }
 
 # Scaling JSON key -> (Settings field, parser).
@@ -128,6 +179,13 @@ CONFIG_FILE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "maxSandboxLifetime": ENVIRONMENT["SANDBOX_MAX_LIFETIME"],
     "aggregationThreshold": ("aggregation_threshold", _number_between(0.0, 1.0)),
     "consensusRequired": ("consensus_required", _boolean),
+    "aggregationMethod": (
+        "aggregation_method",
+        _one_of("fedavg", "mean", "median", "trimmed_mean", "krum", "multi_krum"),
+    ),
+    "maxUpdateNorm": ("max_update_norm", _number_between(0.0, 1e12)),
+    "validationTolerance": ("validation_tolerance", _number_between(0.0, 1e6, lo_open=False)),
+    "learnCommand": ("learn_command", _argv),
 }
 
 RESOURCE_LIMIT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {

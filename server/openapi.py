@@ -37,6 +37,7 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     409: ("Conflict", "The resource already exists or is in the wrong state"),
     413: ("PayloadTooLarge", "The request body is over this operation's limit"),
     415: ("UnsupportedMediaType", "The request body is not application/json"),
+    429: ("TooManyRequests", "A queue is full; retry after the Retry-After header's seconds"),
     503: ("ServiceUnavailable", "Overloaded or shutting down; retry later"),
 }
 
@@ -49,6 +50,9 @@ class Param:
     schema: Mapping[str, Any]
     description: str = ""
     required: bool = False
+    # Path parameters only: a regex the router matches, so /v1/sandbox/create is not
+    # taken for DELETE /v1/sandbox/{sandboxId} (its 405 would then allow DELETE too).
+    route_regex: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,10 +262,12 @@ class Api:
                 }
             responses: dict[str, Any] = {}
             for reply in op.replies:
-                answer: dict[str, Any] = {"description": reply.description}
+                # Replies sharing a status are one answer in several media types (JSON or ONNX...).
+                answer = responses.setdefault(str(reply.status), {"description": reply.description})
                 if reply.schema is not None:
-                    answer["content"] = {reply.media_type: {"schema": copy.deepcopy(dict(reply.schema))}}
-                responses[str(reply.status)] = answer
+                    answer.setdefault("content", {})[reply.media_type] = {
+                        "schema": copy.deepcopy(dict(reply.schema))
+                    }
             for status in _error_statuses(op):
                 responses[str(status)] = {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"}
             responses["default"] = {"$ref": "#/components/responses/Error"}
@@ -299,7 +305,11 @@ class Api:
 
     def install(self, app: web.Application, authenticate: Callable[[str | None], Caller]) -> None:
         for op in self.operations:
-            app.router.add_route(op.method, op.path, self._endpoint(op, authenticate), name=op.operation_id)
+            route = op.path
+            for param in op.path_params:
+                if param.route_regex:
+                    route = route.replace(f"{{{param.name}}}", f"{{{param.name}:{param.route_regex}}}")
+            app.router.add_route(op.method, route, self._endpoint(op, authenticate), name=op.operation_id)
 
     def _endpoint(self, op: Operation, authenticate: Callable[[str | None], Caller]):
         async def endpoint(request: web.Request) -> web.StreamResponse:

@@ -29,7 +29,13 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 AGENT_ID = {"type": "string", "pattern": ID_PATTERN, "description": "An agent's id"}
 CYCLE_ID = {"type": "string", "pattern": ID_PATTERN, "description": "A training cycle's id"}
-MODEL_NAME = {"type": "string", "pattern": ID_PATTERN, "description": "A shared model's name (modelType)"}
+MODEL_TYPE_PATTERN = r"^(linear|logistic|softmax|mlp)(:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
+MODEL_NAME = {
+    "type": "string",
+    "pattern": MODEL_TYPE_PATTERN,
+    "description": "A shared model's name: its modelType, a family optionally named (mlp:digits)",
+}
+SANDBOX_ID_PATTERN = r"^sb-[0-9a-f]{12}$"
 TIMESTAMP_MS = {
     "type": "integer",
     "minimum": 0,
@@ -248,3 +254,297 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+# ---- sandboxes ----
+_CPU = {
+    "type": "number",
+    "exclusiveMinimum": 0,
+    "maximum": 1024,
+    "description": "CPU cores (fractions allowed)",
+}
+_MEMORY = {"type": "integer", "minimum": 16, "maximum": 262144, "description": "Memory in MB"}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+TERMINATION_REASONS = [
+    "timeout",
+    "memory_limit",
+    "pids_limit",
+    "storage_limit",
+    "lifetime",
+    "killed",
+    "destroyed",
+    "lost",
+]
+CYCLE_STATUSES = ["queued", "running", "retrying", "completed", "failed", "aggregated"]
+
+_TRAINING_PROPERTIES = {
+    "agentId": ref("AgentId"),
+    "dataBatch": {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 100000,
+        "items": {
+            "type": "object",
+            "required": ["x", "y"],
+            "additionalProperties": False,
+            "properties": {
+                "x": {"type": "array", "minItems": 1, "maxItems": 65536, "items": {"type": "number"}},
+                "y": {"type": "number"},
+            },
+        },
+    },
+    "modelType": ref("ModelName"),
+    "trainingParams": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "learningRate": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+            "batchSize": {"type": "integer", "minimum": 1, "maximum": 65536},
+            "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+    },
+    "modelConfig": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "inputDim": {"type": "integer", "minimum": 1, "maximum": 65536},
+            "numClasses": {"type": "integer", "minimum": 1, "maximum": 10000},
+            "hidden": {
+                "type": "array",
+                "maxItems": 16,
+                "items": {"type": "integer", "minimum": 1, "maximum": 65536},
+            },
+        },
+    },
+    "resourceCaps": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"cpu": _CPU, "memory": _MEMORY},
+    },
+    "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+}
+
+COMPONENTS.update(
+    {
+        "SandboxId": {"type": "string", "pattern": SANDBOX_ID_PATTERN, "description": "A sandbox's id"},
+        "PetalTrainingRequest": {
+            "type": "object",
+            "required": ["dataBatch", "modelType"],
+            "additionalProperties": False,
+            "properties": _TRAINING_PROPERTIES,
+        },
+        "SandboxCreateRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "agentId": ref("AgentId"),
+                "resourceCaps": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "cpu": _CPU,
+                        "memory": _MEMORY,
+                        "gpu": {"type": "integer", "minimum": 0, "maximum": 64},
+                    },
+                },
+                "trainingConfig": ref("PetalTrainingRequest"),
+                "network": {"enum": ["isolated"], "description": "isolated: loopback only (the default)"},
+                "storageMB": {"type": "integer", "minimum": 1, "maximum": 1048576},
+                "lifetimeSeconds": {"type": "integer", "minimum": 1, "maximum": 604800},
+            },
+        },
+        "SandboxExecuteRequest": {
+            "type": "object",
+            "required": ["sandboxId", "command"],
+            "additionalProperties": False,
+            "properties": {
+                "sandboxId": ref("SandboxId"),
+                "command": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1024,
+                    "items": {"type": "string", "maxLength": 65536, "pattern": "^[^\\u0000]*$"},
+                    "description": "argv: the program and its arguments (no shell)",
+                },
+                "timeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+                "env": {
+                    "type": "object",
+                    "maxProperties": 128,
+                    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"},
+                    "additionalProperties": {
+                        "type": "string",
+                        "maxLength": 65536,
+                        "pattern": "^[^\\u0000]*$",
+                    },
+                },
+                "stdin": {"type": "string", "maxLength": 1048576},
+            },
+        },
+        "ResourceUsage": {
+            "type": "object",
+            "description": "The kernel's own accounting (cgroup counters, wait4 rusage); null where not exposed",
+            "properties": {
+                "cpuSeconds": _NULLABLE_NUMBER,
+                "memoryPeakBytes": _NULLABLE_INT,
+                "pidsPeak": _NULLABLE_INT,
+                "oomKills": _NULLABLE_INT,
+                "pidsLimitHits": _NULLABLE_INT,
+                "wallSeconds": _NULLABLE_NUMBER,
+            },
+        },
+        "Sandbox": {
+            "type": "object",
+            "required": ["sandboxId", "agentId", "status", "resourceCaps", "createdAt", "expiresAt"],
+            "properties": {
+                "sandboxId": ref("SandboxId"),
+                "agentId": ref("AgentId"),
+                "status": {"enum": ["creating", "running", "destroying", "destroyed", "dead"]},
+                "resourceCaps": {"type": "object"},
+                "network": {"type": "string"},
+                "createdAt": ref("TimestampMs"),
+                "expiresAt": ref("TimestampMs"),
+                "executions": NON_NEGATIVE_INT,
+                "trainingConfig": {"type": "object"},
+                "resourceUsage": ref("ResourceUsage"),
+                "finalResourceRecord": {"type": "object"},
+            },
+        },
+        "SandboxList": {
+            "type": "object",
+            "required": ["sandboxes", "count"],
+            "additionalProperties": False,
+            "properties": {
+                "sandboxes": {"type": "array", "items": ref("Sandbox")},
+                "count": NON_NEGATIVE_INT,
+            },
+        },
+        "ExecResult": {
+            "type": "object",
+            "required": [
+                "exitCode",
+                "signal",
+                "stdout",
+                "stderr",
+                "truncated",
+                "durationMs",
+                "terminationReason",
+                "resourceUsage",
+            ],
+            "properties": {
+                "sandboxId": ref("SandboxId"),
+                "exitCode": _NULLABLE_INT,
+                "signal": _NULLABLE_INT,
+                "stdout": {"type": "string"},
+                "stderr": {"type": "string"},
+                "truncated": {"type": "boolean"},
+                "durationMs": {"type": "number", "minimum": 0},
+                "terminationReason": {"anyOf": [{"enum": TERMINATION_REASONS}, {"type": "null"}]},
+                "resourceUsage": ref("ResourceUsage"),
+            },
+        },
+        # ---- petals ----
+        "TrainAccepted": {
+            "type": "object",
+            "required": ["cycleId", "status", "baseVersion"],
+            "additionalProperties": False,
+            "properties": {
+                "cycleId": ref("CycleId"),
+                "status": {"enum": ["queued"]},
+                "baseVersion": NON_NEGATIVE_INT,
+            },
+        },
+        "CycleStatus": {
+            "type": "object",
+            "required": ["cycleId", "agentId", "modelType", "status", "attempts", "baseVersion", "progress"],
+            "properties": {
+                "cycleId": ref("CycleId"),
+                "agentId": ref("AgentId"),
+                "modelType": ref("ModelName"),
+                "status": {"enum": CYCLE_STATUSES},
+                "attempts": NON_NEGATIVE_INT,
+                "sandboxId": {"anyOf": [ref("SandboxId"), {"type": "null"}]},
+                "baseVersion": NON_NEGATIVE_INT,
+                "resultVersion": _NULLABLE_INT,
+                "progress": {"type": "object"},
+                "result": {"type": "object"},
+                "error": {"type": "object"},
+            },
+        },
+        "SharedModel": {
+            "type": "object",
+            "required": ["modelType", "version", "currentVersion", "signature", "metadata", "parameters"],
+            "properties": {
+                "modelType": ref("ModelName"),
+                "version": NON_NEGATIVE_INT,
+                "currentVersion": NON_NEGATIVE_INT,
+                "signature": {"type": "object"},
+                "metadata": {"type": "object"},
+                "parameters": {"type": "object"},
+            },
+        },
+        "PredictRequest": {
+            "type": "object",
+            "required": ["modelType", "inputs"],
+            "additionalProperties": False,
+            "properties": {
+                "modelType": ref("ModelName"),
+                "version": NON_NEGATIVE_INT,
+                "inputs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 10000,
+                    "items": {"type": "array", "minItems": 1, "maxItems": 65536, "items": {"type": "number"}},
+                },
+            },
+        },
+        "PredictResult": {
+            "type": "object",
+            "required": ["modelType", "version", "outputs", "provider"],
+            "additionalProperties": False,
+            "properties": {
+                "modelType": ref("ModelName"),
+                "version": NON_NEGATIVE_INT,
+                "outputs": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                "provider": {"type": "string"},
+            },
+        },
+        "ValidationSetRequest": {
+            "type": "object",
+            "required": ["modelType", "dataBatch"],
+            "additionalProperties": False,
+            "properties": {"modelType": ref("ModelName"), "dataBatch": _TRAINING_PROPERTIES["dataBatch"]},
+        },
+        "ValidationSetRegistered": {
+            "type": "object",
+            "required": ["modelType", "samples"],
+            "additionalProperties": False,
+            "properties": {"modelType": ref("ModelName"), "samples": NON_NEGATIVE_INT},
+        },
+        "RollbackRequest": {
+            "type": "object",
+            "required": ["modelType", "version"],
+            "additionalProperties": False,
+            "properties": {"modelType": ref("ModelName"), "version": NON_NEGATIVE_INT},
+        },
+        "RollbackResult": {
+            "type": "object",
+            "required": ["modelType", "currentVersion", "sha256"],
+            "additionalProperties": False,
+            "properties": {
+                "modelType": ref("ModelName"),
+                "currentVersion": NON_NEGATIVE_INT,
+                "sha256": {"type": "string", "pattern": SHA256_PATTERN},
+            },
+        },
+        "ModelVersions": {
+            "type": "object",
+            "required": ["modelType", "currentVersion", "versions"],
+            "additionalProperties": False,
+            "properties": {
+                "modelType": ref("ModelName"),
+                "currentVersion": NON_NEGATIVE_INT,
+                "versions": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+    }
+)

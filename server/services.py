@@ -4,8 +4,12 @@ Services know nothing of HTTP; a new one (sandboxes, petals) becomes a field her
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from runtime.sandbox import SandboxManager
+from runtime.supervisor import Supervisor
 
 from .audit import AuditLog
 from .auth import AgentRegistry
@@ -13,6 +17,10 @@ from .config import Settings
 from .metrics import LoopLagMonitor, Metrics
 from .store import Store
 from .telemetry import TelemetryService
+
+if TYPE_CHECKING:
+    from .petals import PetalsService
+    from .sandboxes import SandboxService
 
 
 @dataclass
@@ -26,6 +34,10 @@ class Services:
     loop_lag: LoopLagMonitor
     started_monotonic: float
     cgroup_mode: str
+    runtime: SandboxManager
+    supervisor: Supervisor
+    sandboxes: SandboxService
+    petals: PetalsService
 
 
 SERVICES = web.AppKey("services", Services)

@@ -94,6 +94,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX telemetry_by_agent ON telemetry(agent_id, seq);
     CREATE INDEX telemetry_by_event ON telemetry(event, seq);
     """,
+    # 3: shared models (a name fixes a signature; the current version can be rolled back) and
+    # the lookups rounds and restarts make over cycles.
+    """
+    CREATE TABLE models (
+        model_name      TEXT PRIMARY KEY,
+        signature       TEXT NOT NULL,
+        current_version INTEGER NOT NULL,
+        holdout_path    TEXT,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX cycles_by_model_base ON cycles(model_name, base_version, status);
+    CREATE INDEX sandboxes_by_status ON sandboxes(status);
+    """,
 ]
 
 

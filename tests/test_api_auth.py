@@ -12,6 +12,12 @@ import pytest
 from tests.helpers import ADMIN_TOKEN, EventStream, api_server, http, register_agent
 
 UNIQUE = itertools.count()
+MATRIX_JOB = {
+    "modelType": "linear:matrix",
+    "dataBatch": [{"x": [1.0, 2.0], "y": 3.0}, {"x": [0.5, 1.0], "y": 1.5}],
+    "trainingParams": {"epochs": 1},
+    "resourceCaps": {"cpu": 0.5, "memory": 256},
+}
 
 # One valid request per operation, about agent-a's records where it names an agent, so the
 # matrix below checks auth and not validation. A new operation without a sample here fails
@@ -33,7 +39,35 @@ SAMPLES = {
     "consensus_history": ("GET", "/v1/consensus/history", None),
     "chat_history": ("GET", "/v1/chat/history", None),
     "verify_audit": ("GET", "/v1/audit/verify", None),
+    "create_sandbox": (
+        "POST",
+        "/v1/sandbox/create",
+        {"agentId": "agent-a", "resourceCaps": {"cpu": 0.5, "memory": 128}},
+    ),
+    "execute_in_sandbox": ("POST", "/v1/sandbox/execute", {"sandboxId": "{sandbox}", "command": ["true"]}),
+    "destroy_sandbox": ("DELETE", "/v1/sandbox/{sandbox}", None),
+    "sandbox_status": ("GET", "/v1/sandbox/status/{sandbox}", None),
+    "list_sandboxes": ("GET", "/v1/sandbox", None),
+    "train": ("POST", "/v1/petals/train", {"agentId": "agent-a", **MATRIX_JOB}),
+    "cycle_status": ("GET", "/v1/petals/status/{cycle}", None),
+    "shared_model": ("GET", "/v1/petals/model/shared?modelType=linear:matrix", None),
+    "model_versions": ("GET", "/v1/petals/model/versions?modelType=linear:matrix", None),
+    "predict": (
+        "POST",
+        "/v1/petals/model/shared/predict",
+        {"modelType": "linear:matrix", "inputs": [[1.0, 2.0]]},
+    ),
+    "register_validation": (
+        "POST",
+        "/v1/petals/validation",
+        {"modelType": "linear:matrix", "dataBatch": [{"x": [1.0, 2.0], "y": 3.0}]},
+    ),
+    "rollback": ("POST", "/v1/petals/model/shared/rollback", {"modelType": "linear:matrix", "version": 0}),
 }
+# Another agent's sandbox or cycle answers 404 exactly like a missing one.
+OWNED = {"execute_in_sandbox", "destroy_sandbox", "sandbox_status", "cycle_status"}
+# Shared models are readable by every agent.
+SHARED = {"shared_model", "model_versions", "predict"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +76,22 @@ def server(tmp_path_factory):
         server.tokens = {name: register_agent(server, name) for name in ("agent-a", "agent-b", "revoked-c")}
         status, _, _ = http("DELETE", server.url + "/v1/agents/revoked-c", token=ADMIN_TOKEN)
         assert status == 200
+        server.sandbox_id = _agent_a_sandbox(server)
+        status, body, _ = http(
+            "POST", server.url + "/v1/petals/train", MATRIX_JOB, token=server.tokens["agent-a"]
+        )
+        assert status == 202, body
+        server.cycle_id = body["cycleId"]
         yield server
+
+
+def _agent_a_sandbox(server) -> str:
+    status, body, _ = http(
+        "POST", server.url + "/v1/sandbox/create", {"resourceCaps": {"cpu": 0.5, "memory": 128}},
+        token=server.tokens["agent-a"],
+    )  # fmt: skip
+    assert status == 201, body
+    return body["sandboxId"]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +107,11 @@ def operations(server):
 
 def _call(server, operation_id: str, token: str | None):
     method, path, body = SAMPLES[operation_id]
+    # Destroying uses up a sandbox: each call gets a fresh one of agent-a's.
+    sandbox_id = _agent_a_sandbox(server) if operation_id == "destroy_sandbox" else server.sandbox_id
+    path = path.replace("{sandbox}", sandbox_id).replace("{cycle}", server.cycle_id)
+    if body is not None:
+        body = {k: (sandbox_id if v == "{sandbox}" else v) for k, v in body.items()}
     if operation_id == "telemetry_stream":
         stream = EventStream(server.url + path, token=token)
         stream.close()
@@ -75,7 +129,12 @@ def _call(server, operation_id: str, token: str | None):
 def test_every_operation_has_an_auth_sample(operations):
     assert set(operations) == set(SAMPLES)
     for operation_id, (method, path, _) in SAMPLES.items():
-        documented = path.split("?")[0].replace("matrix-victim", "{agentId}")
+        documented = (
+            path.split("?")[0]
+            .replace("matrix-victim", "{agentId}")
+            .replace("{sandbox}", "{sandboxId}")
+            .replace("{cycle}", "{cycleId}")
+        )
         assert operations[operation_id][:2] == (method, documented), operation_id
 
 
@@ -95,6 +154,8 @@ def test_open_operations_are_exactly_health_and_the_document(operations):
         "revoke_agent",
         "record_telemetry",
         "verify_audit",
+        "register_validation",
+        "rollback",
     }
 
 
@@ -126,7 +187,15 @@ def test_auth_matrix_for_every_operation(server, operations, operation_id):
         return
     assert answers["own agent"][0] < 300, answers["own agent"]
     status, body, _ = answers["other agent"]
-    if "agentId=agent-a" in SAMPLES[operation_id][1]:
+    if operation_id in OWNED:
+        assert status == 404, answers["other agent"]
+        assert body["error"]["code"] == "not_found"
+    elif operation_id in SHARED:
+        assert status == 200 and "agent-a" not in str(body), answers["other agent"]
+    elif "agent-a" in str(SAMPLES[operation_id][2] or "") and SAMPLES[operation_id][0] == "POST":
+        # Acting as another agent in a body is refused outright.
+        assert status == 403, answers["other agent"]
+    elif "agentId=agent-a" in SAMPLES[operation_id][1]:
         # Naming another agent's records is refused outright.
         assert status == 403, answers["other agent"]
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from server.api import build_api
 from tests.helpers import ADMIN_TOKEN, api_server, http, register_agent
@@ -19,7 +20,15 @@ MAX_EXAMPLES = 50
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     with api_server(
-        tmp_path_factory.mktemp("schemathesis") / "state", TELEMETRY_FLUSH_INTERVAL="0.5"
+        tmp_path_factory.mktemp("schemathesis") / "state",
+        TELEMETRY_FLUSH_INTERVAL="0.5",
+        # Generated training jobs really run: keep them few, short and unretried.
+        PETALS_MAX_CONCURRENT_CYCLES="1",
+        PETALS_MAX_QUEUE_DEPTH="4",
+        PETALS_MAX_RETRIES="0",
+        SANDBOX_MAX_LIFETIME="30",
+        PETALS_MAX_MODEL_PARAMETERS="100000",
+        WONDERCRAFT_SHUTDOWN_GRACE="0",
     ) as server:
         register_agent(server, "agent-a")
         yield server
@@ -42,7 +51,23 @@ schema = schemathesis.openapi.from_dict(DOCUMENT).exclude(path="/v1/telemetry/tr
     phases=[Phase.explicit, Phase.generate],
 )
 def test_live_api_conforms_to_its_document(case, live_server):
-    case.call_and_validate(base_url=live_server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    # Whether a schema-valid training job, hold-out set, prediction or sandbox is acceptable also
+    # depends on what the server holds (a model's signature fixed by an earlier job, its classes,
+    # the host's resourceLimits): those operations may answer 400 to schema-valid input.
+    stateful = case.operation.path in STATEFUL_PATHS
+    case.call_and_validate(
+        base_url=live_server.url,
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        excluded_checks=[positive_data_acceptance] if stateful else None,
+    )
+
+
+STATEFUL_PATHS = {
+    "/v1/petals/train",
+    "/v1/petals/validation",
+    "/v1/petals/model/shared/predict",
+    "/v1/sandbox/create",
+}
 
 
 def test_live_document_is_the_one_tested(live_server):

@@ -1,0 +1,134 @@
+"""The seed's petal-training endpoints: submit a training job, follow its cycle, read the
+shared model (JSON or ONNX), predict with it; the admin registers hold-out sets and rolls back."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .auth import act_as, ensure_visible, require_admin
+from .openapi import Call, Param, Reply, RouteTable, json_reply
+from .schemas import NON_NEGATIVE_INT, ref
+
+ROUTES = RouteTable("petals", "Federated training: learn cycles, rounds, consensus and the shared model")
+
+TRAIN_MAX_BODY_BYTES = 16 << 20
+MODEL_QUERY = [
+    Param("modelType", ref("ModelName"), "The shared model's name", required=True),
+    Param("version", NON_NEGATIVE_INT, "A version (default: the current one)"),
+]
+
+
+@ROUTES.operation(
+    "POST",
+    "/v1/petals/train",
+    summary="Submit a training job; its learn cycle runs in a sandbox",
+    description=(
+        "The first job for a modelType fixes its signature and creates version 0; a job with another "
+        "signature is a 409. Past the queue bound the answer is 429 with Retry-After."
+    ),
+    access="agent",
+    body=ref("PetalTrainingRequest"),
+    max_body_bytes=TRAIN_MAX_BODY_BYTES,
+    replies=[Reply(202, "Queued", ref("TrainAccepted"))],
+    errors=[403, 409, 429],
+)
+async def train(call: Call) -> web.Response:
+    agent_id = act_as(call.caller, call.body.get("agentId"))
+    return json_reply(await call.services.petals.submit(agent_id, call.body), status=202)
+
+
+@ROUTES.operation(
+    "GET",
+    "/v1/petals/status/{cycleId}",
+    summary="A training cycle: progress while it runs, its result and resource record after",
+    access="agent",
+    path_params=[Param("cycleId", ref("CycleId"))],
+    replies=[Reply(200, "The cycle", ref("CycleStatus"))],
+)
+async def cycle_status(call: Call) -> web.Response:
+    cycle_id = call.path["cycleId"]
+    petals = call.services.petals
+    ensure_visible(call.caller, petals.owner_of(cycle_id) or "\0unknown", "cycle", cycle_id)
+    return json_reply(petals.get(cycle_id))
+
+
+@ROUTES.operation(
+    "GET",
+    "/v1/petals/model/shared",
+    summary="The shared model: parameters and metadata as JSON, or an ONNX model",
+    access="agent",
+    query=[*MODEL_QUERY, Param("format", {"enum": ["json", "onnx"], "default": "json"}, "json or onnx")],
+    replies=[
+        Reply(200, "The model", ref("SharedModel")),
+        Reply(
+            200, "The model", {"type": "string", "format": "binary"}, media_type="application/octet-stream"
+        ),
+    ],
+)
+async def shared_model(call: Call) -> web.StreamResponse:
+    petals = call.services.petals
+    name, version = call.query["modelType"], call.query.get("version")
+    if call.query.get("format") == "onnx":
+        body = await petals.shared_model_onnx(name, version)
+        return web.Response(body=body, content_type="application/octet-stream",
+                            headers={"Content-Disposition": 'attachment; filename="model.onnx"'})  # fmt: skip
+    return json_reply(await petals.shared_model(name, version))
+
+
+@ROUTES.operation(
+    "GET",
+    "/v1/petals/model/versions",
+    summary="Every version of a shared model with its metadata",
+    access="agent",
+    query=[MODEL_QUERY[0]],
+    replies=[Reply(200, "The versions, oldest first", ref("ModelVersions"))],
+)
+async def model_versions(call: Call) -> web.Response:
+    return json_reply(await call.services.petals.versions(call.query["modelType"]))
+
+
+@ROUTES.operation(
+    "POST",
+    "/v1/petals/model/shared/predict",
+    summary="Run the shared model through onnxruntime (CUDA where the host has a GPU)",
+    access="agent",
+    body=ref("PredictRequest"),
+    max_body_bytes=TRAIN_MAX_BODY_BYTES,
+    replies=[Reply(200, "Outputs, one row per input", ref("PredictResult"))],
+)
+async def predict(call: Call) -> web.Response:
+    body = call.body
+    return json_reply(
+        await call.services.petals.predict(body["modelType"], body["inputs"], body.get("version"))
+    )
+
+
+@ROUTES.operation(
+    "POST",
+    "/v1/petals/validation",
+    summary="Register a hold-out set that validators evaluate candidates on",
+    access="admin",
+    body=ref("ValidationSetRequest"),
+    max_body_bytes=TRAIN_MAX_BODY_BYTES,
+    replies=[Reply(201, "Registered", ref("ValidationSetRegistered"))],
+)
+async def register_validation(call: Call) -> web.Response:
+    require_admin(call.caller, "registering a hold-out set")
+    body = call.body
+    return json_reply(
+        await call.services.petals.register_holdout(body["modelType"], body["dataBatch"]), status=201
+    )
+
+
+@ROUTES.operation(
+    "POST",
+    "/v1/petals/model/shared/rollback",
+    summary="Make an earlier version the current one",
+    access="admin",
+    body=ref("RollbackRequest"),
+    replies=[Reply(200, "Rolled back", ref("RollbackResult"))],
+    errors=[404],
+)
+async def rollback(call: Call) -> web.Response:
+    require_admin(call.caller, "rolling back a model")
+    return json_reply(await call.services.petals.rollback(call.body["modelType"], call.body["version"]))

@@ -1,0 +1,229 @@
+"""Versioned shared models: immutable, content-hashed parameter files written atomically
+(temp file, fsync, rename, fsync of the directory), indexed in SQLite with their metadata.
+A model's name fixes its signature; the current version can be rolled back by the admin."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rootfs import models
+
+from .errors import Conflict, NotFound
+from .store import Store
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    signature: models.Signature
+    current_version: int
+    holdout_path: str | None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: int
+    parent_version: int | None
+    sha256: str
+    path: str
+    metadata: dict
+    created_at: float
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def params_to_bytes(params: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(
+        buffer, **{name: np.ascontiguousarray(value, dtype=np.float32) for name, value in params.items()}
+    )
+    return buffer.getvalue()
+
+
+class ModelStore:
+    """All blocking: call from a worker thread."""
+
+    def __init__(self, store: Store, state_dir: Path) -> None:
+        self._store = store
+        self._root = Path(state_dir) / "models"
+
+    def _dir(self, name: str) -> Path:
+        # Hashed, so no model name can reach outside the models directory.
+        return self._root / hashlib.sha256(name.encode()).hexdigest()[:24]
+
+    def get(self, name: str) -> ModelInfo | None:
+        rows = self._store.query(
+            "SELECT model_name, signature, current_version, holdout_path FROM models WHERE model_name = ?",
+            (name,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return ModelInfo(
+            row["model_name"],
+            models.Signature.from_dict(json.loads(row["signature"])),
+            row["current_version"],
+            row["holdout_path"],
+        )
+
+    def require(self, name: str) -> ModelInfo:
+        info = self.get(name)
+        if info is None:
+            raise NotFound(f"no shared model named {name!r}; a training job creates it")
+        return info
+
+    def list_models(self) -> list[ModelInfo]:
+        rows = self._store.query("SELECT model_name FROM models ORDER BY model_name")
+        return [self.get(row["model_name"]) for row in rows]
+
+    def ensure(self, name: str, signature: models.Signature) -> tuple[ModelInfo, bool]:
+        """The model, created at version 0 (deterministic parameters) if it is new.
+        A different signature for an existing name is a Conflict naming what differs."""
+        existing = self.get(name)
+        if existing is not None:
+            differences = existing.signature.differences(signature)
+            if differences:
+                raise Conflict(
+                    f"model {name!r} already exists with another signature: " + "; ".join(differences),
+                    details={"signature": existing.signature.as_dict()},
+                )
+            return existing, False
+        params = models.initial_parameters(signature, name)
+        data = params_to_bytes(params)
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._dir(name) / f"v0-{digest[:16]}.npz"
+        write_atomically(path, data)
+        now = time.time()
+        metadata = {"version": 0, "parentVersion": None, "aggregationMethod": None, "participants": [],
+                    "timestamp": now, "sha256": digest, "metrics": {}, "signature": signature.as_dict()}  # fmt: skip
+        try:
+            with self._store.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO models(model_name, signature, current_version, created_at, updated_at)"
+                    " VALUES(?, ?, 0, ?, ?)",
+                    (name, json.dumps(signature.as_dict()), now, now),
+                )
+                conn.execute(
+                    "INSERT INTO model_versions(model_name, version, parent_version, sha256, path, metadata,"
+                    " created_at) VALUES(?, 0, NULL, ?, ?, ?, ?)",
+                    (name, digest, str(path), json.dumps(metadata), now),
+                )
+        except Exception:
+            # Another request created it first: compare against the winner.
+            if self.get(name) is None:
+                raise
+            return self.ensure(name, signature)
+        return self.get(name), True
+
+    def version(self, name: str, version: int | None = None) -> VersionInfo:
+        info = self.require(name)
+        number = info.current_version if version is None else version
+        rows = self._store.query(
+            "SELECT * FROM model_versions WHERE model_name = ? AND version = ?", (name, number)
+        )
+        if not rows:
+            raise NotFound(f"model {name!r} has no version {number}")
+        row = rows[0]
+        return VersionInfo(
+            name, row["version"], row["parent_version"], row["sha256"], row["path"],
+            json.loads(row["metadata"]), row["created_at"],
+        )  # fmt: skip
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        self.require(name)
+        rows = self._store.query(
+            "SELECT version FROM model_versions WHERE model_name = ? ORDER BY version", (name,)
+        )
+        return [self.version(name, row["version"]) for row in rows]
+
+    def load(self, info: VersionInfo) -> dict[str, np.ndarray]:
+        data = Path(info.path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != info.sha256:
+            raise RuntimeError(
+                f"model file {info.path} does not match its recorded sha256; refusing to use it"
+            )
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+
+    def commit(
+        self, name: str, params: dict[str, np.ndarray], parent: int, metadata: dict, conn_hook=None
+    ) -> int:
+        """Write a new immutable version and make it current, atomically with `conn_hook(conn,
+        version)` (which records the round's outcome in the same transaction)."""
+        data = params_to_bytes(params)
+        digest = hashlib.sha256(data).hexdigest()
+        with self._store.transaction() as conn:
+            version = conn.execute(
+                "SELECT COALESCE(MAX(version), -1) + 1 FROM model_versions WHERE model_name = ?", (name,)
+            ).fetchone()[0]
+            path = self._dir(name) / f"v{version}-{digest[:16]}.npz"
+            write_atomically(path, data)
+            record = {**metadata, "version": version, "parentVersion": parent, "sha256": digest}
+            now = time.time()
+            conn.execute(
+                "INSERT INTO model_versions(model_name, version, parent_version, sha256, path, metadata, created_at)"
+                " VALUES(?, ?, ?, ?, ?, ?, ?)",
+                (name, version, parent, digest, str(path), json.dumps(record), now),
+            )
+            conn.execute(
+                "UPDATE models SET current_version = ?, updated_at = ? WHERE model_name = ?",
+                (version, now, name),
+            )
+            if conn_hook is not None:
+                conn_hook(conn, version)
+        return version
+
+    def rollback(self, name: str, version: int) -> VersionInfo:
+        target = self.version(name, version)
+        self._store.execute(
+            "UPDATE models SET current_version = ?, updated_at = ? WHERE model_name = ?",
+            (version, time.time(), name),
+        )
+        return target
+
+    def set_holdout(self, name: str, x: np.ndarray, y: np.ndarray) -> str:
+        self.require(name)
+        buffer = io.BytesIO()
+        np.savez(buffer, x=x.astype(np.float32), y=y.astype(np.float32))
+        path = self._dir(name) / "holdout.npz"
+        write_atomically(path, buffer.getvalue())
+        self._store.execute("UPDATE models SET holdout_path = ? WHERE model_name = ?", (str(path), name))
+        return str(path)
+
+    def holdout(self, info: ModelInfo) -> tuple[np.ndarray, np.ndarray] | None:
+        if not info.holdout_path or not os.path.exists(info.holdout_path):
+            return None
+        with np.load(info.holdout_path, allow_pickle=False) as archive:
+            return archive["x"], archive["y"]

@@ -1,0 +1,384 @@
+"""The /v1/sandbox service: sandboxes an agent creates, executes in and destroys, with
+caps checked against resourceLimits, a row per sandbox in the store (its spec and the
+kernel's final resource record), audit entries and per-sandbox metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from runtime import mounts
+from runtime.sandbox import (
+    CapacityExhausted,
+    ExecResult,
+    InvalidSpec,
+    ResourceCaps,
+    Sandbox,
+    SandboxManager,
+    SandboxNotRunning,
+    SandboxSpec,
+    UnknownSandbox,
+)
+
+from .config import Settings
+from .errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from .store import Store
+
+log = logging.getLogger("wondercraft.sandboxes")
+
+DEFAULT_EXEC_TIMEOUT_S = 60.0
+ACTIVE = ("running",)
+
+
+def _iso_ms(timestamp: float) -> int:
+    return int(timestamp * 1000)
+
+
+def resource_usage(usage: dict) -> dict:
+    """The kernel's record in the API's camelCase."""
+    cgroup = usage.get("cgroup", {})
+    return {
+        "cpuSeconds": usage.get("cpu_s", _sum(cgroup.get("cpu_user_s"), cgroup.get("cpu_system_s"))),
+        "cpuUserSeconds": usage.get("cpu_user_s", cgroup.get("cpu_user_s")),
+        "cpuSystemSeconds": usage.get("cpu_system_s", cgroup.get("cpu_system_s")),
+        "maxRssBytes": usage.get("max_rss_bytes"),
+        "memoryPeakBytes": cgroup.get("memory_peak_bytes"),
+        "memoryCurrentBytes": cgroup.get("memory_current_bytes"),
+        "oomKills": cgroup.get("oom_kills", 0),
+        "pidsPeak": cgroup.get("pids_peak"),
+        "pidsLimitHits": cgroup.get("pids_max_events", 0),
+        "cpuThrottledCount": cgroup.get("cpu_nr_throttled"),
+        "cpuThrottledSeconds": cgroup.get("cpu_throttled_s"),
+        "ioReadBytes": cgroup.get("io_read_bytes"),
+        "ioWriteBytes": cgroup.get("io_write_bytes"),
+        "psi": cgroup.get("psi"),
+        "wallSeconds": usage.get("wall_s"),
+    }
+
+
+def caps_within_limits(settings: Settings, requested: dict, storage_mb: int | None = None) -> ResourceCaps:
+    """Caps from a request's resourceCaps (defaults: SANDBOX_DEFAULT_*), refused above resourceLimits."""
+    limits = settings.resource_limits
+    cpu = requested.get("cpu", settings.sandbox_default_cpu_cores)
+    memory = requested.get("memory", settings.sandbox_default_memory_mb)
+    gpu = requested.get("gpu", 0)
+    for name, value, limit, unit in (
+        ("resourceCaps.cpu", cpu, limits.cpu_cores, "cores"),
+        ("resourceCaps.memory", memory, limits.memory_mb, "MB"),
+        ("resourceCaps.gpu", gpu, limits.gpu_count, "GPUs"),
+    ):
+        if value > limit:
+            raise BadRequest(f"{name} is {value:g} {unit}, above this host's resourceLimits of {limit:g}")
+    caps = ResourceCaps(
+        cpu_cores=float(cpu), memory_mb=int(memory), pids=settings.sandbox_default_pids,
+        storage_mb=int(storage_mb or settings.sandbox_default_storage_mb), gpu_count=int(gpu),
+    )  # fmt: skip
+    try:
+        caps.validate()
+    except InvalidSpec as exc:
+        raise BadRequest(f"resourceCaps: {exc}") from None
+    return caps
+
+
+def _sum(*values):
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+class SandboxService:
+    def __init__(self, settings: Settings, store: Store, state_dir: Path, runtime: SandboxManager, *,
+                 audit=None, metrics=None, petals=None) -> None:  # fmt: skip
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self.audit = audit
+        self.metrics = metrics
+        self.petals = petals
+        self._inputs = Path(state_dir) / "sandbox-inputs"
+        self._training: dict[str, dict] = {}
+        # Every sandbox, made for the API or for a learn cycle, gets a row and metrics.
+        runtime.on_created.append(self._created)
+        runtime.on_destroyed.append(self._destroyed)
+
+    async def start(self) -> None:
+        """Sandboxes a previous run left marked running are gone (the orphan sweep removed
+        what remained of them): record that."""
+        self._inputs.mkdir(parents=True, exist_ok=True)
+
+        def mark_lost() -> int:
+            now = time.time()
+            rows = self.store.query(
+                "SELECT sandbox_id FROM sandboxes WHERE status IN ('creating', 'running')"
+            )
+            for row in rows:
+                self.store.execute(
+                    "UPDATE sandboxes SET status = 'destroyed', destroyed_at = ?, usage = ? WHERE sandbox_id = ?",
+                    (now, json.dumps({"terminationReason": "lost"}), row["sandbox_id"]),
+                )
+                shutil.rmtree(self._inputs / row["sandbox_id"], ignore_errors=True)
+            return len(rows)
+
+        lost = await asyncio.to_thread(mark_lost)
+        if lost:
+            log.warning("sandboxes lost in a restart", extra={"count": lost})
+
+    # ---------------------------------------------------------------- create --
+
+    def _caps(self, body: dict) -> ResourceCaps:
+        requested = body.get("resourceCaps") or {}
+        storage = body.get("storageMB", self.settings.sandbox_default_storage_mb)
+        return caps_within_limits(self.settings, requested, storage_mb=storage)
+
+    async def create(self, agent_id: str, body: dict) -> dict:
+        caps = self._caps(body)
+        lifetime = body.get("lifetimeSeconds", self.settings.sandbox_max_lifetime_s)
+        if lifetime > self.settings.sandbox_max_lifetime_s:
+            raise BadRequest(
+                f"lifetimeSeconds is {lifetime}, above SANDBOX_MAX_LIFETIME of {self.settings.sandbox_max_lifetime_s}"
+            )
+        binds: tuple[mounts.Bind, ...] = ()
+        training = None
+        if body.get("trainingConfig") is not None:
+            training, binds = await self._prepare_training(body["trainingConfig"])
+        spec = SandboxSpec(agent_id=agent_id, caps=caps, network=body.get("network", "isolated"),
+                           lifetime_s=float(lifetime), binds=binds)  # fmt: skip
+        try:
+            sandbox = await self.runtime.create(spec, sandbox_id=training["sandboxId"] if training else None)
+        except InvalidSpec as exc:
+            raise BadRequest(str(exc)) from None
+        except CapacityExhausted as exc:
+            raise Conflict(str(exc)) from None
+        except Exception as exc:
+            if training:
+                shutil.rmtree(self._inputs / training["sandboxId"], ignore_errors=True)
+            log.exception("sandbox could not be created")
+            raise ServiceUnavailable(f"the sandbox could not be created: {exc}") from None
+        if training:
+            self._training[sandbox.id] = training
+            await asyncio.to_thread(self._save_view, sandbox)
+        return self._view(sandbox)
+
+    async def _created(self, sandbox: Sandbox) -> None:
+        view = self._view(sandbox)
+        await asyncio.to_thread(self._insert, sandbox, view)
+        if self.audit is not None:
+            body = {"sandboxId": sandbox.id, "resourceCaps": view["resourceCaps"]}
+            await self.audit.append("sandbox_created", None, body, agent_id=sandbox.spec.agent_id)
+        if self.metrics is not None:
+            self.metrics.sandboxes_created.inc()
+            self.metrics.sandboxes_active.set(self._active_count())
+
+    async def _destroyed(self, sandbox: Sandbox, record: dict) -> None:
+        final = self._final(record)
+        view = self._view(sandbox)
+        view["status"] = "destroyed"
+
+        def persist() -> None:
+            self.store.execute(
+                "UPDATE sandboxes SET status = 'destroyed', destroyed_at = ?, usage = ?, spec = ? WHERE sandbox_id = ?",
+                (time.time(), json.dumps(final), json.dumps(view), sandbox.id),
+            )
+            shutil.rmtree(self._inputs / sandbox.id, ignore_errors=True)
+
+        await asyncio.to_thread(persist)
+        self._training.pop(sandbox.id, None)
+        if self.audit is not None:
+            body = {"sandboxId": sandbox.id, **final}
+            await self.audit.append("sandbox_destroyed", None, body, agent_id=sandbox.spec.agent_id)
+        if self.metrics is not None:
+            self.metrics.sandboxes_destroyed.labels(reason=final["terminationReason"] or "destroyed").inc()
+            self.metrics.forget_sandbox(sandbox.id)
+            self.metrics.sandboxes_active.set(self._active_count())
+
+    async def _prepare_training(self, config: dict) -> tuple[dict, tuple[mounts.Bind, ...]]:
+        if self.petals is None:
+            raise BadRequest("trainingConfig needs the petals service")
+        import secrets
+
+        from .petals import write_inputs
+
+        info, request, x, y = await self.petals.prepare(config)
+        base = await asyncio.to_thread(self.petals.models.version, info.name, info.current_version)
+        sandbox_id = f"sb-{secrets.token_hex(6)}"
+        data_dir = self._inputs / sandbox_id / "data"
+        await asyncio.to_thread(write_inputs, data_dir, request, x, y)
+        training = {
+            "sandboxId": sandbox_id,
+            "modelType": info.name,
+            "baseVersion": base.version,
+            "command": list(self.settings.learn_command),
+            "seed": request["seed"],
+        }
+        binds = (
+            mounts.Bind(str(data_dir), mounts.DATA_DIR),
+            mounts.Bind(base.path, f"{mounts.MODEL_DIR}/base.npz"),
+        )
+        return training, binds
+
+    def _view(self, sandbox: Sandbox) -> dict:
+        caps = sandbox.spec.caps
+        view = {
+            "sandboxId": sandbox.id,
+            "agentId": sandbox.spec.agent_id,
+            "status": sandbox.status,
+            "resourceCaps": {
+                "cpu": caps.cpu_cores,
+                "memory": caps.memory_mb,
+                "gpu": caps.gpu_count,
+                "pids": caps.pids,
+                "storageMB": caps.storage_mb,
+            },  # fmt: skip
+            "network": sandbox.spec.network,
+            "createdAt": _iso_ms(sandbox.created_at),
+            "expiresAt": _iso_ms(sandbox.expires_at),
+            "executions": sandbox.executions,
+        }
+        if sandbox.gpus:
+            view["gpus"] = [g.index for g in sandbox.gpus]
+        if sandbox.id in self._training:
+            view["trainingConfig"] = self._training[sandbox.id]
+        if sandbox.final_record is not None:
+            view["finalResourceRecord"] = self._final(sandbox.final_record)
+        return view
+
+    @staticmethod
+    def _final(record: dict) -> dict:
+        return {
+            "terminationReason": record.get("termination_reason"),
+            "wallSeconds": record.get("wall_s"),
+            "executions": record.get("executions"),
+            "resourceUsage": resource_usage({"cgroup": record.get("cgroup", {})}),
+            "limits": record.get("limits"),
+        }
+
+    def _save_view(self, sandbox: Sandbox) -> None:
+        self.store.execute(
+            "UPDATE sandboxes SET spec = ? WHERE sandbox_id = ?",
+            (json.dumps(self._view(sandbox)), sandbox.id),
+        )
+
+    def _insert(self, sandbox: Sandbox, view: dict) -> None:
+        self.store.execute(
+            "INSERT INTO sandboxes(sandbox_id, agent_id, status, spec, created_at, expires_at) VALUES(?, ?, ?, ?, ?, ?)",
+            (sandbox.id, sandbox.spec.agent_id, sandbox.status, json.dumps(view), sandbox.created_at, sandbox.expires_at),
+        )  # fmt: skip
+
+    def _active_count(self) -> int:
+        return sum(1 for s in self.runtime.list() if s.status == "running")
+
+    def forget_destroyed(self) -> None:
+        """Destroyed sandboxes live on in the store only (the lifetime reaper leaves them in memory)."""
+        for sandbox in list(self.runtime.list()):
+            if sandbox.status == "destroyed":
+                self.runtime.forget(sandbox.id)
+
+    # ------------------------------------------------------------ queries --
+
+    def owner_of(self, sandbox_id: str) -> str | None:
+        try:
+            return self.runtime.get(sandbox_id).spec.agent_id
+        except UnknownSandbox:
+            rows = self.store.query("SELECT agent_id FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))
+            return rows[0]["agent_id"] if rows else None
+
+    async def status(self, sandbox_id: str) -> dict:
+        try:
+            sandbox = self.runtime.get(sandbox_id)
+        except UnknownSandbox:
+            return await asyncio.to_thread(self._stored, sandbox_id)
+        view = self._view(sandbox)
+        if sandbox.status == "running":
+            usage = await asyncio.to_thread(self.runtime._usage, sandbox)
+            view["resourceUsage"] = resource_usage({"cgroup": usage.as_dict()})
+            view["healthy"] = sandbox.alive
+        return view
+
+    def _stored(self, sandbox_id: str) -> dict:
+        rows = self.store.query("SELECT * FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))
+        if not rows:
+            raise NotFound(f"no sandbox {sandbox_id!r}")
+        row = rows[0]
+        view = json.loads(row["spec"])
+        view["status"] = row["status"]
+        if row["usage"]:
+            view["finalResourceRecord"] = json.loads(row["usage"])
+        return view
+
+    async def list(self, agent_id: str | None, status: str | None, limit: int) -> list[dict]:
+        def query() -> list[dict]:
+            sql, params = "SELECT sandbox_id FROM sandboxes WHERE 1 = 1", []
+            if agent_id is not None:
+                sql += " AND agent_id = ?"
+                params.append(agent_id)
+            if status is not None:
+                sql += " AND status = ?"
+                params.append(status)
+            sql += " ORDER BY created_at DESC LIMIT ?"
+            params.append(limit)
+            return [row["sandbox_id"] for row in self.store.query(sql, params)]
+
+        ids = await asyncio.to_thread(query)
+        return [await self.status(sandbox_id) for sandbox_id in ids]
+
+    # ------------------------------------------------------------ execute --
+
+    async def execute(self, body: dict) -> dict:
+        sandbox_id = body["sandboxId"]
+        timeout = body.get("timeoutSeconds", DEFAULT_EXEC_TIMEOUT_S)
+        try:
+            result: ExecResult = await self.runtime.execute(
+                sandbox_id,
+                body["command"],
+                timeout_s=float(timeout),
+                env=body.get("env") or {},
+                stdin=(body.get("stdin") or "").encode(),
+            )
+        except UnknownSandbox:
+            raise NotFound(f"no sandbox {sandbox_id!r}") from None
+        except SandboxNotRunning as exc:
+            raise Conflict(str(exc)) from None
+        except InvalidSpec as exc:
+            raise BadRequest(str(exc)) from None
+        usage = resource_usage(result.usage)
+        if self.metrics is not None:
+            self.metrics.set_sandbox_usage(
+                sandbox_id, cpu_seconds=usage["cpuSeconds"], memory_bytes=usage["memoryCurrentBytes"],
+                memory_peak_bytes=usage["memoryPeakBytes"], pids=None,
+            )  # fmt: skip
+        return {
+            "sandboxId": sandbox_id,
+            "exitCode": result.exit_code,
+            "signal": result.signal,
+            "stdout": result.stdout.decode(errors="replace"),
+            "stderr": result.stderr.decode(errors="replace"),
+            "truncated": result.truncated,
+            "durationMs": result.duration_ms,
+            "terminationReason": result.termination_reason,
+            "resourceUsage": usage,
+        }
+
+    # ------------------------------------------------------------ destroy --
+
+    async def destroy(self, sandbox_id: str, reason: str = "destroyed") -> dict:
+        """Destroy a live sandbox (its row is written by the runtime's callback), or return
+        the stored record of one already gone; unknown ids are a 404."""
+        try:
+            await self.runtime.destroy(sandbox_id, reason=reason)
+        except UnknownSandbox:
+            return await asyncio.to_thread(self._stored, sandbox_id)
+        self.runtime.forget(sandbox_id)
+        return await asyncio.to_thread(self._stored, sandbox_id)
+
+    async def destroy_all(self) -> None:
+        for sandbox in list(self.runtime.list()):
+            if sandbox.status != "destroyed":
+                try:
+                    await self.destroy(sandbox.id, reason="killed")
+                except Exception:
+                    log.exception(
+                        "sandbox could not be destroyed at shutdown", extra={"sandbox_id": sandbox.id}
+                    )
