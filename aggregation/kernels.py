@@ -298,11 +298,14 @@ def pairwise_squared_distances(addresses, scales, sizes, chunk_tensor, chunk_sta
 
 
 @njit(parallel=True, cache=True)
-def compensated_add(addresses, tensor_weights, sizes, offsets, chunk_tensor, chunk_start, block, hi, lo):
-    """(hi + lo) += weight_t * tensor_t for one client's update.
+def compensated_add(
+    addresses, tensor_weights, sizes, offsets, chunk_tensor, chunk_start, block, first, hi, lo
+):
+    """(hi + lo) += weight_t * tensor_t for one client's update; ``first`` starts the sum instead.
 
     The running sum is kept as two float32 buffers whose sum carries about 48 significant bits, so a
     streaming sum over many clients stays as exact as a float64 one while holding two model copies.
+    Starting with ``first`` lets the buffers be allocated uninitialised (no zero pass, no calloc faults).
     """
     for c in prange(chunk_tensor.shape[0]):
         t = chunk_tensor[c]
@@ -311,11 +314,18 @@ def compensated_add(addresses, tensor_weights, sizes, offsets, chunk_tensor, chu
         x = _slice(addresses[0, t], start, n)
         w = tensor_weights[t]
         base = offsets[t] + start
-        for e in range(n):
-            v = (np.float64(hi[base + e]) + np.float64(lo[base + e])) + np.float64(x[e]) * w
-            h = np.float32(v)
-            hi[base + e] = h
-            lo[base + e] = np.float32(v - np.float64(h))
+        if first:
+            for e in range(n):
+                v = np.float64(x[e]) * w
+                h = np.float32(v)
+                hi[base + e] = h
+                lo[base + e] = np.float32(v - np.float64(h))
+        else:
+            for e in range(n):
+                v = (np.float64(hi[base + e]) + np.float64(lo[base + e])) + np.float64(x[e]) * w
+                h = np.float32(v)
+                hi[base + e] = h
+                lo[base + e] = np.float32(v - np.float64(h))
 
 
 @njit(parallel=True, cache=True)

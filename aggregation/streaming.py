@@ -104,9 +104,10 @@ class StreamingAggregator:
         tensor_weights = np.array(
             [weight_of[self._method_of(name)] * scale for name in layout.names], dtype=np.float64
         )
-        if self._hi is None:
-            self._hi = np.zeros(layout.num_parameters, dtype=np.float32)
-            self._lo = np.zeros(layout.num_parameters, dtype=np.float32)
+        first = self._hi is None
+        if first:
+            self._hi = layout.empty_flat()
+            self._lo = layout.empty_flat()
         block = kernels.STREAM_BLOCK
         chunk_tensor, chunk_start = kernels.chunk_table(table.sizes, block)
         with kernels.launch(layout.num_parameters):
@@ -118,6 +119,7 @@ class StreamingAggregator:
                 chunk_tensor,
                 chunk_start,
                 block,
+                first,
                 self._hi,
                 self._lo,
             )

@@ -191,6 +191,32 @@ def test_result_tensors_are_views_into_one_flat_buffer():
         offset += tensor.size
 
 
+def test_out_buffer_receives_the_result_in_place():
+    updates = make_updates(4, SHAPES, seed=19)
+    buffer = np.full(sum(math.prod(s) for s in SHAPES.values()), np.nan, F32)
+    result = aggregate(updates, [1, 2, 3, 4], method="trimmed_mean", out=buffer)
+    assert result.flat is buffer
+    expected = aggregate(updates, [1, 2, 3, 4], method="trimmed_mean")
+    np.testing.assert_array_equal(buffer, expected.flat)
+
+
+@pytest.mark.parametrize(
+    ("make_out", "message"),
+    [
+        (lambda pool: np.zeros(pool.size + 1, F32), "out has 54 elements, expected the model's 53"),
+        (lambda pool: np.zeros(pool.size, np.float64), "1-D contiguous float32"),
+        (lambda pool: np.zeros((pool.size, 2), F32)[:, 0], "1-D contiguous float32"),
+        (lambda pool: pool, r"out overlaps the update from client 1 \(tensor 'fc1.weight'\)"),
+    ],
+)
+def test_unusable_out_buffers_are_refused(make_out, message):
+    updates = make_updates(3, SHAPES, seed=20)
+    pool = np.zeros(sum(math.prod(s) for s in SHAPES.values()), F32)
+    updates[1]["fc1.weight"] = pool[:30].reshape(6, 5)
+    with pytest.raises(OptionError, match=message):
+        aggregate(updates, [1, 1, 1], out=make_out(pool))
+
+
 def test_concurrent_calls_from_threads_each_get_their_own_answer():
     batches = [make_updates(6, {"w": (300, 500)}, seed=s) for s in range(4)]
     with ThreadPoolExecutor(max_workers=4) as pool:
