@@ -563,8 +563,8 @@ class PetalsService:
             cycle.progress = Progress(
                 int(progress["epoch"]),
                 int(progress["epochs"]),
-                float(progress["loss"]),
-                float(progress["accuracy"]),
+                _finite_or_none(progress["loss"]),  # a diverging cycle reports NaN; JSON has none
+                _finite_or_none(progress["accuracy"]),
             )
 
     def _parse_result(self, cycle: Cycle, stdout: bytes) -> tuple[dict[str, np.ndarray], dict]:
