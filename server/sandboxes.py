@@ -338,7 +338,8 @@ class SandboxService:
                 stdin=(body.get("stdin") or "").encode(),
             )
         except UnknownSandbox:
-            raise NotFound(f"no sandbox {sandbox_id!r}") from None
+            stored = await asyncio.to_thread(self._stored, sandbox_id)  # NotFound when never seen
+            raise Conflict(f"sandbox {sandbox_id} is {stored['status']}, not running") from None
         except SandboxNotRunning as exc:
             raise Conflict(str(exc)) from None
         except InvalidSpec as exc:

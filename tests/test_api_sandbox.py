@@ -1,0 +1,157 @@
+"""The seed's sandbox endpoints over real HTTP on loopback, against a real server whose
+sandboxes are real: create with caps, execute argv, status and list, destroy."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.helpers import ADMIN_TOKEN, api_server, http, register_agent
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with api_server(tmp_path_factory.mktemp("sandbox-api") / "state", SANDBOX_OUTPUT_LIMIT="4096") as server:
+        server.token = register_agent(server, "owner")
+        server.other = register_agent(server, "stranger")
+        yield server
+
+
+def create(server, body=None, token=None):
+    status, view, _ = http("POST", f"{server.url}/v1/sandbox/create", body or {}, token=token or server.token)
+    assert status == 201, view
+    return view
+
+
+def execute(server, sandbox_id, command, token=None, **extra):
+    body = {"sandboxId": sandbox_id, "command": command, **extra}
+    return http("POST", f"{server.url}/v1/sandbox/execute", body, token=token or server.token)
+
+
+def test_create_returns_the_effective_caps_and_times(server):
+    view = create(
+        server, {"resourceCaps": {"cpu": 0.5, "memory": 256}, "storageMB": 32, "lifetimeSeconds": 600}
+    )
+    assert view["agentId"] == "owner" and view["status"] == "running"
+    assert view["resourceCaps"] == {"cpu": 0.5, "memory": 256, "gpu": 0, "pids": 256, "storageMB": 32}
+    assert view["network"] == "isolated"
+    assert 599_000 <= view["expiresAt"] - view["createdAt"] <= 601_000
+    defaults = create(server)
+    assert defaults["resourceCaps"]["cpu"] == 2.0 and defaults["resourceCaps"]["memory"] == 4096
+
+
+def test_caps_above_resource_limits_are_a_400_naming_the_cap(server):
+    for caps, name in (({"cpu": 8}, "resourceCaps.cpu"), ({"memory": 16384}, "resourceCaps.memory"),
+                       ({"gpu": 2}, "resourceCaps.gpu")):  # fmt: skip
+        status, body, _ = http(
+            "POST", f"{server.url}/v1/sandbox/create", {"resourceCaps": caps}, token=server.token
+        )
+        assert status == 400, body
+        assert name in body["error"]["message"] and "resourceLimits" in body["error"]["message"]
+
+
+def test_execute_runs_argv_and_reports_the_kernel_record(server):
+    sandbox = create(server, {"resourceCaps": {"cpu": 1, "memory": 256}})
+    status, result, _ = execute(server, sandbox["sandboxId"], ["sh", "-c", "echo out; echo err >&2; cat; exit 3"],
+                                stdin="from stdin", env={"GREETING": "hi"})  # fmt: skip
+    assert status == 200, result
+    assert result["exitCode"] == 3 and result["signal"] is None
+    assert result["stdout"] == "out\nfrom stdin" and result["stderr"] == "err\n"
+    assert result["truncated"] is False and result["terminationReason"] is None
+    usage = result["resourceUsage"]
+    assert usage["cpuSeconds"] is not None and usage["memoryPeakBytes"] > 0 and usage["wallSeconds"] > 0
+    status, result, _ = execute(
+        server, sandbox["sandboxId"], ["sh", "-c", "echo $GREETING"], env={"GREETING": "hi"}
+    )
+    assert result["stdout"] == "hi\n"
+
+
+def test_a_shell_string_instead_of_argv_is_a_400(server):
+    sandbox = create(server)
+    status, body, _ = execute(server, sandbox["sandboxId"], "echo hello; rm -rf /")
+    assert status == 400
+    assert "command" in body["error"]["message"]
+
+
+def test_output_over_the_cap_is_truncated(server):
+    sandbox = create(server)
+    status, result, _ = execute(server, sandbox["sandboxId"], ["head", "-c", "100000", "/dev/zero"])
+    assert status == 200
+    assert result["truncated"] is True and len(result["stdout"]) == 4096
+
+
+def test_timeout_is_reported_as_the_termination_reason(server):
+    sandbox = create(server)
+    started = time.monotonic()
+    status, result, _ = execute(server, sandbox["sandboxId"], ["sleep", "30"], timeoutSeconds=0.5)
+    assert status == 200 and result["terminationReason"] == "timeout"
+    assert time.monotonic() - started < 10
+
+
+def test_status_list_and_destroy_with_the_final_record(server):
+    sandbox = create(server)
+    sandbox_id = sandbox["sandboxId"]
+    execute(server, sandbox_id, ["true"])
+    status, view, _ = http("GET", f"{server.url}/v1/sandbox/status/{sandbox_id}", token=server.token)
+    assert status == 200 and view["status"] == "running" and view["executions"] == 1
+    assert view["healthy"] is True and "resourceUsage" in view
+    status, listing, _ = http("GET", f"{server.url}/v1/sandbox?status=running", token=server.token)
+    assert sandbox_id in [s["sandboxId"] for s in listing["sandboxes"]]
+    status, final, _ = http("DELETE", f"{server.url}/v1/sandbox/{sandbox_id}", token=server.token)
+    assert status == 200 and final["status"] == "destroyed"
+    assert final["finalResourceRecord"]["terminationReason"] == "destroyed"
+    assert final["finalResourceRecord"]["executions"] == 1
+    assert final["finalResourceRecord"]["resourceUsage"]["cpuSeconds"] is not None
+    status, again, _ = http("DELETE", f"{server.url}/v1/sandbox/{sandbox_id}", token=server.token)
+    assert status == 200 and again["finalResourceRecord"] == final["finalResourceRecord"]
+    status, body, _ = execute(server, sandbox_id, ["true"])
+    assert status == 409  # destroyed: not running
+    status, listing, _ = http("GET", f"{server.url}/v1/sandbox?status=destroyed", token=server.token)
+    assert sandbox_id in [s["sandboxId"] for s in listing["sandboxes"]]
+
+
+def test_other_agents_sandboxes_look_missing(server):
+    sandbox = create(server)
+    sandbox_id = sandbox["sandboxId"]
+    for method, path, body in (
+        ("GET", f"/v1/sandbox/status/{sandbox_id}", None),
+        ("DELETE", f"/v1/sandbox/{sandbox_id}", None),
+        ("POST", "/v1/sandbox/execute", {"sandboxId": sandbox_id, "command": ["true"]}),
+    ):
+        stranger = http(method, server.url + path, body, token=server.other)
+        unknown = http(method, server.url + path.replace(sandbox_id, "sb-000000000000"),
+                       body and {**body, "sandboxId": "sb-000000000000"}, token=server.token)  # fmt: skip
+        assert stranger[0] == unknown[0] == 404
+        assert stranger[1]["error"]["code"] == unknown[1]["error"]["code"] == "not_found"
+    status, listing, _ = http("GET", f"{server.url}/v1/sandbox", token=server.other)
+    assert sandbox_id not in str(listing)
+    status, _, _ = http("POST", f"{server.url}/v1/sandbox/create", {"agentId": "owner"}, token=server.other)
+    assert status == 403
+
+
+@pytest.mark.parametrize("path", ["/v1/sandbox/status/..%2F..%2Fetc%2Fpasswd", "/v1/sandbox/status/sb-../x",
+                                  "/v1/sandbox/sb-%00", "/v1/sandbox/status/SB-000000000000"])  # fmt: skip
+def test_ids_with_path_tricks_are_refused(server, path):
+    status, body, _ = http("GET" if "status" in path else "DELETE", server.url + path, token=server.token)
+    assert status in (400, 404), body
+    assert "error" in body
+
+
+def test_the_sandbox_cannot_reach_the_api_server_on_host_loopback(server):
+    sandbox = create(server)
+    port = server.url.rsplit(":", 1)[1]
+    code = (
+        "import socket\ns = socket.socket()\ns.settimeout(2)\n"
+        f"try:\n    s.connect(('127.0.0.1', {port}))\n    print('reached')\n"
+        "except OSError as e:\n    print('refused')"
+    )
+    status, result, _ = execute(server, sandbox["sandboxId"], ["python", "-I", "-S", "-c", code])
+    assert status == 200 and result["stdout"].strip() == "refused", result
+
+
+def test_the_admin_acts_for_a_named_agent(server):
+    status, view, _ = http("POST", f"{server.url}/v1/sandbox/create", {"agentId": "owner"}, token=ADMIN_TOKEN)
+    assert status == 201 and view["agentId"] == "owner"
+    status, body, _ = http("POST", f"{server.url}/v1/sandbox/create", {}, token=ADMIN_TOKEN)
+    assert status == 400 and "agentId is required" in body["error"]["message"]
