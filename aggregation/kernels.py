@@ -1,8 +1,7 @@
 """Numba kernels over flat float32 data: weighted sums, sorting-network order statistics, norms, distances.
 
-Client tensors arrive as an address table (int64, one row per client, one column per tensor), so a kernel
-reads K separately allocated arrays in one pass. Work is split into chunks of one tensor each: ``prange``
-over chunks, and inside a chunk the client loop wraps a contiguous element loop that LLVM vectorises.
+Clients' tensors arrive as an address table (int64, client x tensor) and are read in place; ``prange`` runs
+over one-tensor chunks, and inside a chunk the client loop wraps a contiguous element loop LLVM vectorises.
 """
 
 from __future__ import annotations
@@ -61,6 +60,7 @@ def _float32_at(typingctx, address):
 
 @njit(cache=True, inline="always")
 def _slice(address: int, start: int, n: int):
+    # No bounds check here: every address table is built from tensors already checked against the layout.
     return numba.carray(_float32_at(address + 4 * start), n)
 
 

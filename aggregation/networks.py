@@ -1,8 +1,7 @@
-"""Sorting networks: fixed sequences of compare-exchanges that sort K values whatever their order.
+"""Sorting networks: fixed compare-exchange sequences that sort K values, run over rows of a K x block tile.
 
-Kernels run a network over whole rows of a K x block tile, which vectorises where per-element sorting
-cannot. Batcher's odd-even merge sort for the next power of two, cut down to K inputs, then pruned to
-the comparators that can affect the rows an order statistic reads.
+Batcher's odd-even merge sort for the next power of two, cut down to K inputs and pruned to the comparators
+that can affect the rows an order statistic reads; row-wise, it vectorises where per-element sorting cannot.
 """
 
 from __future__ import annotations

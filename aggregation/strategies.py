@@ -1,8 +1,7 @@
 """Aggregation strategies: validate named-tensor updates, then hand flat address tables to the kernels.
 
-Methods follow Flower's aggregate functions of the same name (FedAvg, median, FedTrimmedAvg, Krum and
-Multi-Krum) so results agree with ``flwr`` to float32 tolerance; tensors whose name ends in ``bias`` can
-take their own method, since the service updates bias terms independently of weights.
+Methods follow Flower's functions of the same name, so results agree with ``flwr`` to float32 tolerance;
+tensors whose name ends in ``bias`` can take their own method (bias terms are updated independently).
 """
 
 from __future__ import annotations

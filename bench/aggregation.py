@@ -114,7 +114,7 @@ def bench_config(num_clients: int, num_parameters: int, flwr: object, probe: np.
     aggregation.aggregate(updates, num_samples, out=buffer)
     # The host is shared: bandwidth is measured between our own runs so both see the same conditions.
     bandwidth_runs, fresh_runs, reused_runs = [], [], []
-    for _ in range(7):
+    for _ in range(9):
         bandwidth_runs.append(_timed(lambda: _sum_parts(probe, 64)))
         fresh_runs.append(_timed(lambda: aggregation.aggregate(updates, num_samples)))
         reused_runs.append(_timed(lambda: aggregation.aggregate(updates, num_samples, out=buffer)))
