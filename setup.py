@@ -61,6 +61,7 @@ setup(
         "click>=8.1",
         "prometheus-client>=0.20",
         "jsonschema>=4.21",
+        "jsonschema-rs>=0.20",
     ],
     extras_require={
         "test": [

@@ -214,7 +214,9 @@ class Api:
             for param in (*op.path_params, *op.query):
                 self._param_validators[id(param)] = SchemaValidator(_absolute_refs(param.schema), registry)
             if op.body is not None:
-                self._body_validators[id(op)] = SchemaValidator(_absolute_refs(op.body), registry)
+                self._body_validators[id(op)] = SchemaValidator(
+                    _absolute_refs(op.body), registry, document=self.document, document_uri=DOCUMENT_URI
+                )
 
     # ---- the document ----
 

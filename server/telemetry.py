@@ -154,9 +154,12 @@ class TelemetryService:
         self._last_prune = 0.0
         self._stopping = False
         self._closing = False
+        components = {"components": {"schemas": COMPONENTS}}
         self._validator = SchemaValidator(
             {"$ref": f"{_SCHEMA_URI}#/components/schemas/TelemetryEventInput"},
-            registry=document_registry({"components": {"schemas": COMPONENTS}}, _SCHEMA_URI),
+            registry=document_registry(components, _SCHEMA_URI),
+            document=components,
+            document_uri=_SCHEMA_URI,
         )
         # Seqs are handed out here, not by SQLite, so a buffered event already has its id;
         # sqlite_sequence remembers the highest ever used, even after pruning.

@@ -121,7 +121,9 @@ def test_five_agents_train_mlp_digits_round_over_round(federation, digits):
         version, accuracy = holdout_accuracy(server, first_token, holdout)
         assert version == round_index + 1
         accuracies.append(accuracy)
-    assert all(later > earlier for earlier, later in zip(accuracies, accuracies[1:], strict=False)), accuracies
+    assert all(later > earlier for earlier, later in zip(accuracies, accuracies[1:], strict=False)), (
+        accuracies
+    )
     assert accuracies[-1] >= 0.90, accuracies
 
     status, model, _ = http(
