@@ -53,6 +53,8 @@ async def openapi_document(call: Call) -> web.Response:
     ],
 )
 async def metrics(call: Call) -> web.Response:
+    # Per-sandbox resource use is read from the kernel at scrape time, so it is never stale.
+    await call.services.sandboxes.refresh_metrics()
     registry = call.services.metrics
     response = web.Response(body=registry.render())
     response.headers["Content-Type"] = registry.content_type

@@ -50,6 +50,7 @@ def resource_usage(usage: dict) -> dict:
         "memoryCurrentBytes": cgroup.get("memory_current_bytes"),
         "oomKills": cgroup.get("oom_kills", 0),
         "pidsPeak": cgroup.get("pids_peak"),
+        "pidsCurrent": cgroup.get("pids_current"),
         "pidsLimitHits": cgroup.get("pids_max_events", 0),
         "cpuThrottledCount": cgroup.get("cpu_nr_throttled"),
         "cpuThrottledSeconds": cgroup.get("cpu_throttled_s"),
@@ -373,6 +374,21 @@ class SandboxService:
             return await asyncio.to_thread(self._stored, sandbox_id)
         self.runtime.forget(sandbox_id)
         return await asyncio.to_thread(self._stored, sandbox_id)
+
+    async def refresh_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        running = [s for s in self.runtime.list() if s.status == "running"]
+
+        def read() -> list[tuple[str, dict]]:
+            return [(s.id, resource_usage({"cgroup": self.runtime._usage(s).as_dict()})) for s in running]
+
+        for sandbox_id, usage in await asyncio.to_thread(read):
+            self.metrics.set_sandbox_usage(
+                sandbox_id, cpu_seconds=usage["cpuSeconds"], memory_bytes=usage["memoryCurrentBytes"],
+                memory_peak_bytes=usage["memoryPeakBytes"], pids=usage.get("pidsCurrent"),
+            )  # fmt: skip
+        self.metrics.sandboxes_active.set(len(running))
 
     async def destroy_all(self) -> None:
         for sandbox in list(self.runtime.list()):

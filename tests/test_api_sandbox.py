@@ -155,3 +155,20 @@ def test_the_admin_acts_for_a_named_agent(server):
     assert status == 201 and view["agentId"] == "owner"
     status, body, _ = http("POST", f"{server.url}/v1/sandbox/create", {}, token=ADMIN_TOKEN)
     assert status == 400 and "agentId is required" in body["error"]["message"]
+
+
+def test_metrics_cover_sandboxes_and_their_resource_use(server):
+    sandbox = create(server)
+    execute(server, sandbox["sandboxId"], ["sh", "-c", "head -c 5000000 /dev/zero > /tmp/x"])
+    import urllib.request
+
+    request = urllib.request.Request(
+        server.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    text = urllib.request.urlopen(request).read().decode()
+    active = [line for line in text.splitlines() if line.startswith("wondercraft_sandboxes_active ")]
+    assert active and float(active[0].split()[1]) >= 1
+    peak = [line for line in text.splitlines()
+            if line.startswith("wondercraft_sandbox_memory_peak_bytes{") and sandbox["sandboxId"] in line]  # fmt: skip
+    assert peak and float(peak[0].rsplit(" ", 1)[1]) > 0
+    assert "wondercraft_sandboxes_created_total" in text
