@@ -70,6 +70,10 @@ class ResourceCaps:
     pids: int = 256
     storage_mb: int = 512
     gpu_count: int = 0
+    # Bytes per second on the block device holding the state dir (data and models), where
+    # the host's hierarchy has an io controller; None: unlimited.
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
 
     def validate(self) -> None:
         checks = (
@@ -78,6 +82,8 @@ class ResourceCaps:
             ("pids", 8 <= self.pids <= 65536, "an integer between 8 and 65536"),
             ("storage_mb", 1 <= self.storage_mb <= 1048576, "an integer number of MB between 1 and 1048576"),
             ("gpu_count", 0 <= self.gpu_count <= 64, "an integer between 0 and 64"),
+            ("io_read_bps", self.io_read_bps is None or self.io_read_bps >= 4096, "at least 4096 bytes/s"),
+            ("io_write_bps", self.io_write_bps is None or self.io_write_bps >= 4096, "at least 4096 bytes/s"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -151,8 +157,20 @@ def _lap(sandbox: Sandbox, step: str, since: float) -> float:
     return now
 
 
-def _limits(caps: ResourceCaps) -> CgroupLimits:
-    return CgroupLimits(cpu_cores=caps.cpu_cores, memory_mb=caps.memory_mb, pids_max=caps.pids)
+def block_device(path: Path) -> str | None:
+    """ "MAJ:MIN" of the block device a path lives on, or None (tmpfs, hostfs, overlay...)."""
+    device = os.stat(path).st_dev
+    numbers = f"{os.major(device)}:{os.minor(device)}"
+    return numbers if os.path.exists(f"/sys/dev/block/{numbers}") else None
+
+
+def _limits(caps: ResourceCaps, device: str | None) -> CgroupLimits:
+    io_read = {device: caps.io_read_bps} if device and caps.io_read_bps else {}
+    io_write = {device: caps.io_write_bps} if device and caps.io_write_bps else {}
+    return CgroupLimits(
+        cpu_cores=caps.cpu_cores, memory_mb=caps.memory_mb, pids_max=caps.pids,
+        io_read_bps=io_read, io_write_bps=io_write,
+    )  # fmt: skip
 
 
 async def _read_capped(stream: asyncio.StreamReader, limit: int, on_line: Callable[[str], None] | None):
@@ -204,6 +222,7 @@ class SandboxManager:
         self._sandboxes: dict[str, Sandbox] = {}
         self._launcher = str(native.launcher_path())
         self._started = False
+        self._block_device: str | None = None
         # Async callbacks the service registers: on_created(sandbox), on_destroyed(sandbox, record).
         self.on_created: list[Callable[[Sandbox], Awaitable[None]]] = []
         self.on_destroyed: list[Callable[[Sandbox, dict], Awaitable[None]]] = []
@@ -229,6 +248,7 @@ class SandboxManager:
         return await self.sweep_orphans()
 
     def _start_sync(self) -> None:
+        self._block_device = block_device(self.state_dir)
         mounts.build_skeleton(self._lower, self.rootfs_image)
         self._stage.mkdir(parents=True, exist_ok=True)
         self.cgroups.prepare()
@@ -289,7 +309,8 @@ class SandboxManager:
             except gpus.GpuUnavailable as exc:
                 raise CapacityExhausted(str(exc)) from None
             mark = time.perf_counter()
-            sandbox._cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, _limits(spec.caps))
+            limits = _limits(spec.caps, self._block_device)
+            sandbox._cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, limits)
             mark = _lap(sandbox, "create_cgroup", mark)
             await self._start_init(sandbox)
             mark = _lap(sandbox, "create_init", mark)

@@ -108,6 +108,28 @@ def test_limits_land_in_the_kernel_files(sandboxes):
         sandboxes.destroy(sandbox)
 
 
+def test_io_caps_land_on_the_state_dir_device_where_the_hierarchy_allows(sandboxes):
+    from runtime.sandbox import block_device
+
+    device = block_device(sandboxes.manager.state_dir)
+    if device is None:
+        pytest.skip("the state dir is not on a block device here (tmpfs or hostfs)")
+    sandbox = sandboxes.create(caps=caps(io_read_bps=1 << 20, io_write_bps=2 << 20))
+    try:
+        found = {}
+        for procs in sandbox._cgroup.procs_files:
+            directory = os.path.dirname(procs)
+            for name in ("io.max", "blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device"):
+                path = os.path.join(directory, name)
+                if os.path.exists(path):
+                    found[name] = open(path).read()
+        assert found, "no io controller in this hierarchy"
+        text = " ".join(found.values())
+        assert device in text and str(1 << 20) in text and str(2 << 20) in text
+    finally:
+        sandboxes.destroy(sandbox)
+
+
 def test_timeout_ends_one_exec_and_says_why(sandboxes):
     sandbox = sandboxes.create(caps=caps())
     try:
