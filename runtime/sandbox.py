@@ -248,6 +248,7 @@ class SandboxManager:
         return await self.sweep_orphans()
 
     def _start_sync(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self._block_device = block_device(self.state_dir)
         mounts.build_skeleton(self._lower, self.rootfs_image)
         self._stage.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,8 @@ GUEST_DISK_MB = 16
 # Guests run side by side (four at once worked here); each has one virtual cpu.
 MAX_PARALLEL_GUESTS = int(os.environ.get("WONDERCRAFT_GUESTS", "4"))
 GUEST_TIMEOUT_S = float(os.environ.get("WONDERCRAFT_GUEST_TIMEOUT_S", "240"))
-# Not /tmp: the guest mounts its own tmpfs there, which would hide the run folder.
+# Not /tmp: a run folder there would be written by host and guest alike through hostfs;
+# /var/tmp keeps them apart from the tests' own temporary files.
 RUN_PARENT = Path(os.environ.get("WONDERCRAFT_GUEST_RUN_DIR", "/var/tmp"))
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 GUEST_PYTEST_PLUGINS = ("pytest_timeout",)
@@ -47,15 +48,17 @@ INIT_TEMPLATE = """#!/bin/sh
 # PID 1 of the cgroup v2 test guest: mounts, controllers, overlay, then pytest, then power off.
 RUN={run}
 note() {{ echo "guest-init: $*" >> "$RUN/init.log"; }}
-export PATH={path} HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 {env_var}=v2
+# Scratch space is a tmpfs under the guest's own /run, never over /tmp: a checkout may
+# live under the host's /tmp (CI clones into a temporary folder) and must stay visible.
+export PATH={path} HOME=/run/scratch TMPDIR=/run/scratch LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 {env_var}=v2
 # Third-party pytest plugins (schemathesis, hypothesis) take seconds to import under
 # UML; the guest loads only the ones its tests need.
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 mount -t proc proc /proc || note "mount proc failed"
 mount -t sysfs sysfs /sys || note "mount sysfs failed"
 grep -q " /dev devtmpfs " /proc/mounts || mount -t devtmpfs devtmpfs /dev || note "mount /dev failed"
-mount -t tmpfs -o mode=1777 tmpfs /tmp || note "mount /tmp failed"
 mount -t tmpfs -o mode=755 tmpfs /run || note "mount /run failed"
+mkdir -p -m 1777 /run/scratch
 mkdir -p /dev/shm /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm || note "mount /dev/shm failed"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts || note "mount /dev/pts failed"
