@@ -407,3 +407,43 @@ def test_sandbox_with_training_config_gives_the_same_deltas_as_train(failures):
         "DELETE", f"{failures.url}/v1/sandbox/{sandbox['sandboxId']}", token=failures.token
     )
     assert status == 200 and gone["status"] == "destroyed"
+
+
+def test_the_queue_is_fair_across_agents():
+    import asyncio
+
+    from server.petals import FairQueue
+
+    async def drain() -> list[str]:
+        queue = FairQueue()
+        for i in range(4):
+            queue.put("greedy", f"g{i}")
+        queue.put("modest", "m0")
+        queue.put("late", "l0")
+        return [await queue.get() for _ in range(6)]
+
+    # The agent with four jobs waiting does not starve the others: one job per agent in turn.
+    assert asyncio.run(drain()) == ["g0", "m0", "l0", "g1", "g2", "g3"]
+
+
+def test_predictions_use_the_cpu_provider_on_a_host_without_gpus(federation, digits):
+    import glob
+
+    if glob.glob("/dev/nvidia[0-9]*"):
+        pytest.skip("this host has a GPU")
+    token = federation.tokens[AGENTS[0]]
+    job = {
+        "modelType": "linear:provider",
+        "dataBatch": [{"x": [1.0, 2.0], "y": 3.0}],
+        "trainingParams": {"epochs": 1},
+    }
+    status, body, _ = http("POST", f"{federation.url}/v1/petals/train", job, token=token)
+    assert status == 202, body  # version 0 exists from here on
+    status, body, _ = http(
+        "POST", f"{federation.url}/v1/petals/model/shared/predict",
+        {"modelType": "linear:provider", "inputs": [[1.0, 2.0], [0.0, 0.0], [3.0, 1.0]], "version": 0}, token=token,
+    )  # fmt: skip
+    assert status == 200 and body["provider"] == "CPUExecutionProvider"
+    assert len(body["outputs"]) == 3
+    log = federation.log()
+    assert "onnxruntime" not in log.lower() and "cuda" not in log.lower()
