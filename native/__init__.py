@@ -14,15 +14,18 @@ CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-format-truncation", "-std=gnu11"]
 
 
 def build_launcher(output: Path, source: Path = SOURCE, cc: str | None = None) -> Path:
-    """Compile wc-init atomically into `output` (a temp file renamed into place)."""
+    """Compile wc-init atomically into `output` (a temp file renamed into place).
+
+    Linked statically where the toolchain can (no dynamic loader on every sandbox start
+    and exec, ~0.2 ms each), dynamically otherwise."""
     compiler = cc or os.environ.get("CC", "gcc")
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".wc-init-", dir=output.parent)
     os.close(fd)
     try:
-        subprocess.run(
-            [compiler, *CFLAGS, "-o", tmp, str(source)], check=True, capture_output=True, text=True
-        )
+        command = [compiler, *CFLAGS, "-o", tmp, str(source)]
+        if subprocess.run([*command, "-static"], capture_output=True).returncode != 0:
+            subprocess.run(command, check=True, capture_output=True, text=True)
         os.chmod(tmp, 0o755)
         os.replace(tmp, output)
     except subprocess.CalledProcessError as exc:
