@@ -645,17 +645,22 @@ class SandboxManager:
                 shim.kill()
                 await shim.wait()
         mark = _lap(sandbox, "destroy_kill", mark)
-        if sandbox._cgroup is not None:
-            # Normally empty by now; anything left (a process that escaped the pid
-            # namespace cannot exist, but be thorough) is killed through the cgroup.
-            usage = sandbox.last_usage = await asyncio.to_thread(self._kill_and_measure, sandbox)
-        mark = _lap(sandbox, "destroy_reap", mark)
-        if sandbox.netns:
-            network.remove(sandbox.netns)
-        mark = _lap(sandbox, "destroy_netns", mark)
-        if sandbox._cgroup is not None:
-            await asyncio.to_thread(sandbox._cgroup.destroy)
-        _lap(sandbox, "destroy_cgroup", mark)
+
+        def reap() -> CgroupUsage | None:
+            # One trip to a worker thread for the rest: the cgroup is normally empty by now
+            # (a process that escaped the pid namespace cannot exist; kill() makes sure),
+            # its counters are read, then the netns and the cgroup go.
+            measured = self._kill_and_measure(sandbox) if sandbox._cgroup is not None else None
+            if sandbox.netns:
+                network.remove(sandbox.netns)
+            if sandbox._cgroup is not None:
+                sandbox._cgroup.destroy()
+            return measured
+
+        usage = await asyncio.to_thread(reap)
+        if usage is not None:
+            sandbox.last_usage = usage
+        _lap(sandbox, "destroy_reap", mark)
         self.gpus.release(sandbox.id)
         return {
             "sandbox_id": sandbox.id,
