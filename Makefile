@@ -5,15 +5,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.wondercraft-installed
-# libcap-dev: python-prctl builds against it; user-mode-linux: the cgroup v2 test guest.
-HOST_PACKAGES := libcap-dev iproute2 user-mode-linux
+# libcap-dev: python-prctl builds against it; user-mode-linux: the cgroup v2 test guest;
+# systemd: systemd-analyze, which the tests use to verify the service unit.
+HOST_PACKAGES := libcap-dev iproute2 user-mode-linux systemd
 BENCH_PACKAGES := bubblewrap
 HOST ?= 127.0.0.1
 PORT ?= 3000
 STATE_DIR ?= ./var
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format bench rootfs clean
+.PHONY: install install-service run test lint format bench rootfs clean
 
 install: $(STAMP)
 
@@ -23,6 +24,11 @@ $(STAMP): setup.py scripts/host-packages.sh native/wc-init.c
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
+
+# The systemd unit (systemd/wondercraft.service), with ExecStart pointing at this checkout's venv;
+# then: systemctl enable --now wondercraft.
+install-service: install
+	scripts/install-service.sh --bin-dir $(CURDIR)/$(VENV)/bin
 
 run: install
 	@echo "wondercraft: serving on http://$(HOST):$(PORT), state in $(STATE_DIR);" \

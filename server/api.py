@@ -4,7 +4,16 @@ module, and list that module's ROUTES in TABLES below; route, validation and doc
 
 from __future__ import annotations
 
-from . import VERSION, api_agents, api_consensus, api_petals, api_sandbox, api_system, api_telemetry
+from . import (
+    VERSION,
+    api_admin,
+    api_agents,
+    api_consensus,
+    api_petals,
+    api_sandbox,
+    api_system,
+    api_telemetry,
+)
 from .openapi import Api
 from .schemas import COMPONENTS
 
@@ -15,6 +24,7 @@ TABLES = [
     api_petals.ROUTES,
     api_telemetry.ROUTES,
     api_consensus.ROUTES,
+    api_admin.ROUTES,
 ]
 
 DESCRIPTION = """\
@@ -23,7 +33,8 @@ WonderCraft: sandboxed learn cycles and federated training on bare-metal GPU hos
 Authentication: `Authorization: Bearer <token>`. The admin token may do everything. An agent's
 token (from `POST /v1/agents`) acts only as that agent: naming another agent in a body or filter
 is 403, and another agent's resources answer 404 as if they did not exist. Open without a token:
-`GET /healthz` and `GET /v1/openapi.json`. `GET /metrics` needs the admin token.
+`GET /healthz` and `GET /v1/openapi.json`. `GET /metrics` and everything under `/v1/admin` (what
+`wondercraft-ctl` uses) need the admin token.
 
 Errors are always `{"error": {"code": ..., "message": ...}}`; the message names what was wrong
 and what was expected. Unknown fields and query parameters are rejected, not ignored."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import VERSION, jsonlog
 from .config import Settings, load_settings
 from .errors import ConfigError, StartupRefused
+from .notify import Notifier
 
 log = logging.getLogger("wondercraft")
 
@@ -101,31 +102,43 @@ def load_admin_token(settings: Settings, state_dir: Path) -> tuple[str, str]:
     return token, str(path)
 
 
-async def _serve(settings: Settings, store, listener: socket.socket, admin_token: str) -> None:
+async def _serve(
+    settings: Settings, store, listener: socket.socket, admin_token: str, notifier: Notifier
+) -> None:
     from aiohttp import web
 
     from .app import create_app
 
     app = create_app(settings, store, admin_token=admin_token)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Installed before start-up recovery, so a stop asked for during it is a clean stop too.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    notifier.status("start-up recovery: sweeping orphans, re-queuing interrupted cycles")
     try:
         await runner.setup()
     except Exception as exc:
         log.exception("start-up failed")
         await runner.cleanup()
+        await notifier.close()
         raise StartupRefused(f"start-up recovery failed: {exc}") from None
-    site = web.SockSite(runner, listener)
-    await site.start()
-    host, port = listener.getsockname()[:2]
-    log.info("listening", extra={"host": host, "port": port, "version": VERSION})
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("stopping")
+    if not stop.is_set():
+        site = web.SockSite(runner, listener)
+        await site.start()
+        host, port = listener.getsockname()[:2]
+        log.info("listening", extra={"host": host, "port": port, "version": VERSION})
+        # Recovery has finished and the port answers: only now may systemd start dependents.
+        notifier.ready(f"serving on {host}:{port}")
+        notifier.start_watchdog()
+        await stop.wait()
+    log.info("stopping", extra={"grace_s": settings.shutdown_grace_s})
+    notifier.stopping(
+        f"stopping: running cycles get up to {settings.shutdown_grace_s:g}s, then their sandboxes are killed"
+    )
     await runner.cleanup()
+    await notifier.close()
     log.info("stopped")
 
 
@@ -143,6 +156,7 @@ def show_config(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    notifier = Notifier.from_environment()
     jsonlog.configure(args.log_level)
     settings = load_settings(Path(args.config) if args.config else None)
     log.info("settings", extra={"settings": settings_summary(settings)})
@@ -157,7 +171,7 @@ def serve(args: argparse.Namespace) -> int:
         admin_token, token_source = load_admin_token(settings, state_dir)
         log.info("admin token", extra={"source": token_source, "state_dir": str(state_dir)})
         try:
-            asyncio.run(_serve(settings, store, listener, admin_token))
+            asyncio.run(_serve(settings, store, listener, admin_token, notifier))
         finally:
             store.close()
     finally:

@@ -63,6 +63,12 @@ SAMPLES = {
         {"modelType": "linear:matrix", "dataBatch": [{"x": [1.0, 2.0], "y": 3.0}]},
     ),
     "rollback": ("POST", "/v1/petals/model/shared/rollback", {"modelType": "linear:matrix", "version": 0}),
+    "admin_status": ("GET", "/v1/admin/status", None),
+    "admin_cycles": ("GET", "/v1/admin/cycles?agentId=agent-a", None),
+    "admin_stats": ("GET", "/v1/admin/stats", None),
+    "admin_cleanup": ("POST", "/v1/admin/cleanup", None),
+    "audit_sandbox": ("GET", "/v1/admin/audit/sandbox/{sandbox}", None),
+    "audit_host": ("GET", "/v1/admin/audit/host", None),
 }
 # Another agent's sandbox or cycle answers 404 exactly like a missing one.
 OWNED = {"execute_in_sandbox", "destroy_sandbox", "sandbox_status", "cycle_status"}
@@ -156,6 +162,12 @@ def test_open_operations_are_exactly_health_and_the_document(operations):
         "verify_audit",
         "register_validation",
         "rollback",
+        "admin_status",
+        "admin_cycles",
+        "admin_stats",
+        "admin_cleanup",
+        "audit_sandbox",
+        "audit_host",
     }
 
 
