@@ -13,6 +13,7 @@ from runtime import hostaudit
 from runtime.sandbox import SandboxManager, UnknownSandbox
 from runtime.supervisor import supervise_once
 
+from . import VERSION
 from .errors import NotFound, ServiceUnavailable
 from .services import Services
 
@@ -47,7 +48,7 @@ async def status(services: Services) -> dict:
     settings = services.settings
     return {
         "status": "ok",
-        "version": _version(),
+        "version": VERSION,
         "cgroupMode": services.cgroup_mode,
         "uptimeSeconds": round(time.monotonic() - services.started_monotonic, 3),
         "pid": os.getpid(),
@@ -71,12 +72,6 @@ async def status(services: Services) -> dict:
         "gpus": {"total": runtime.gpus.total, "free": runtime.gpus.free()},
         "shutdownGraceSeconds": settings.shutdown_grace_s,
     }
-
-
-def _version() -> str:
-    from . import VERSION
-
-    return VERSION
 
 
 async def cycles(

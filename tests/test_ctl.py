@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.hostaudit import instance_of
 from runtime.sandbox import instance_name
 from tests.helpers import ADMIN_TOKEN, api_server, clean_env, free_port, http, register_agent
 
@@ -102,7 +103,7 @@ def test_status_shows_health_mode_counts_and_queue_depth(server):
         assert f"\n{label} " in f"\n{table}", table
     data = as_json(ctl(server, "status", "--json"))
     assert data["status"] == "ok" and data["cgroupMode"] in ("v1", "v2", "hybrid")
-    assert data["instance"] == instance_name(server.state_dir)
+    assert data["instance"] == instance_name(server.state_dir) == instance_of(server.state_dir)
     assert data["cycles"]["maxConcurrent"] == 10 and data["agents"]["active"] >= 1
     assert as_json(ctl(server, "--json", "status"))["instance"] == data["instance"]  # before or after
 
@@ -132,8 +133,9 @@ def test_agents_add_ls_revoke(server):
     assert listing.splitlines()[0].split() == ["AGENT", "STATE", "CREATED", "REVOKED"]
     assert any(line.split()[:2] == ["ctl-agent", "active"] for line in listing.splitlines())
     assert "revoked at" in ok(ctl(server, "agents", "revoke", "ctl-agent"))
+    assert as_json(ctl(server, "agents", "revoke", "ctl-agent-2", "--json"))["active"] is False
     agents = {a["agentId"]: a for a in as_json(ctl(server, "agents", "ls", "--json"))["agents"]}
-    assert agents["ctl-agent"]["active"] is False and agents["ctl-agent-2"]["active"] is True
+    assert agents["ctl-agent"]["active"] is False and agents["ctl-agent-2"]["revokedAt"] is not None
     assert http("GET", f"{server.url}/v1/telemetry/training", token=token)[0] == 401
     one_line_error(ctl(server, "agents", "revoke", "nobody-at-all"), 5, "nobody-at-all")
     one_line_error(ctl(server, "agents", "add", "agent-a"), 6, "409")
@@ -173,6 +175,8 @@ def test_sandbox_ls_inspect_exec_kill(server):
     assert killed.returncode == 128 + signal.SIGKILL
 
     assert f"{sandbox_id} destroyed (destroyed)" in ok(ctl(server, "sandbox", "kill", sandbox_id))
+    again = as_json(ctl(server, "sandbox", "kill", sandbox_id, "--json"))  # destroying twice answers the same
+    assert again["status"] == "destroyed" and again["finalResourceRecord"]["terminationReason"] == "destroyed"
     final = as_json(ctl(server, "sandbox", "inspect", sandbox_id, "--json"))
     assert final["status"] == "destroyed" and final["finalResourceRecord"]["terminationReason"] == "destroyed"
     one_line_error(ctl(server, "sandbox", "inspect", "sb-000000000000"), 5, "sb-000000000000")
