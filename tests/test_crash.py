@@ -91,6 +91,8 @@ def leftovers(state: Path, sandbox_ids: list[str] | None = None) -> list[str]:
             for n in os.listdir("/run/netns")
             if n.startswith(prefix) and (sandbox_ids is None or n[len(prefix) :] in sandbox_ids)
         ]
+    # Isolated sandboxes have loopback only: no link of the project's belongs in the host's namespace.
+    found += [f"link {n}" for n in os.listdir("/sys/class/net") if n.startswith("wc-")]
     stage = str(state.resolve() / "rootfs")
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         if stage in line:
