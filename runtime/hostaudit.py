@@ -109,13 +109,17 @@ def _services(processes: dict[int, _Process]) -> dict[int, dict]:
 
 
 def _host_of(pid: int, processes: dict[int, _Process]) -> int | None:
-    """The first ancestor of `pid` that is not a launcher: the process that started the sandbox.
-    None when the chain ends at PID 1 (the launcher outlived its parent) or is gone."""
-    seen = set()
+    """The process that started the sandbox `pid` belongs to: the first ancestor above the
+    launcher(s) in its chain (the sandbox's own processes sit below its launchers). None when
+    there is no launcher in the chain, or above them only PID 1 (they outlived their parent)."""
+    seen: set[int] = set()
+    below_launcher = False
     while pid in processes and pid not in seen:
         seen.add(pid)
         process = processes[pid]
-        if not _is_launcher(process):
+        if _is_launcher(process):
+            below_launcher = True
+        elif below_launcher:
             return pid if pid > 1 else None
         pid = process.ppid
     return None
