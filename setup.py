@@ -62,6 +62,7 @@ setup(
         "prometheus-client>=0.20",
         "jsonschema>=4.21",
         "jsonschema-rs>=0.20",
+        "orjson>=3.9",
     ],
     extras_require={
         "test": [

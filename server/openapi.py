@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
@@ -209,10 +210,14 @@ class Api:
         registry = document_registry(self.document, DOCUMENT_URI)
         self._resolver = registry.resolver()
         self._param_validators: dict[int, SchemaValidator] = {}
+        self._param_schemas: dict[int, Mapping[str, Any]] = {}  # resolved once, not per request
         self._body_validators: dict[int, SchemaValidator] = {}
         for op in self.operations:
             for param in (*op.path_params, *op.query):
-                self._param_validators[id(param)] = SchemaValidator(_absolute_refs(param.schema), registry)
+                self._param_validators[id(param)] = SchemaValidator(
+                    _absolute_refs(param.schema), registry, document=self.document, document_uri=DOCUMENT_URI
+                )
+                self._param_schemas[id(param)] = self._resolved(param.schema)
             if op.body is not None:
                 self._body_validators[id(op)] = SchemaValidator(
                     _absolute_refs(op.body), registry, document=self.document, document_uri=DOCUMENT_URI
@@ -334,36 +339,33 @@ class Api:
         return schema
 
     def _convert(self, param: Param, raw: str, location: str) -> Any:
-        schema = self._resolved(param.schema)
+        schema = self._param_schemas[id(param)]
         kind = schema.get("type")
         value: Any = raw
-        wrong = BadRequest(
-            f"{location} parameter {param.name} must be {describe(schema)}, got {show(raw)}",
-            details={
-                "errors": [
-                    {
-                        "field": param.name,
-                        "message": f"{param.name} must be {describe(schema)}, got {show(raw)}",
-                    }
-                ]
-            },
-        )
+
+        def wrong() -> BadRequest:
+            message = f"{param.name} must be {describe(schema)}, got {show(raw)}"
+            return BadRequest(
+                f"{location} parameter {message}",
+                details={"errors": [{"field": param.name, "message": message}]},
+            )
+
         if kind == "integer":
             if not _INTEGER.match(raw):
-                raise wrong
+                raise wrong()
             value = int(raw)
         elif kind == "number":
             try:
                 value = float(raw)
             except ValueError:
-                raise wrong from None
+                raise wrong() from None
             if not math.isfinite(value):
-                raise wrong
+                raise wrong()
         elif kind == "boolean":
             if raw not in ("true", "false"):
-                raise wrong
+                raise wrong()
             value = raw == "true"
-        problems = self._param_validators[id(param)].errors(value, whole=param.name)
+        problems = self._param_validators[id(param)].problems(value, whole=param.name)
         if problems:
             raise BadRequest(f"{location} parameter {problems[0]['message']}", details={"errors": problems})
         return value
@@ -426,8 +428,10 @@ API_KEY = web.AppKey("api", Api)
 
 
 def json_reply(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_compact)
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    # orjson: a status poll's answer is encoded ~10x faster than by the json module; it
+    # writes a NaN as null, so the answer is always valid JSON.
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+    )

@@ -321,7 +321,8 @@ class PetalsService:
         params = body.get("trainingParams") or {}
         caps = body.get("resourceCaps") or {}
         caps_within_limits(self.settings, caps)
-        x, y = self._batch(signature, items)
+        # Thousands of items take tens of milliseconds to check: not on the event loop.
+        x, y = await asyncio.to_thread(self._batch, signature, items)
         # Only a request valid in every other respect may create the model.
         info, created = await asyncio.to_thread(self.models.ensure, model_name, signature)
         if created and self.audit is not None:
@@ -851,7 +852,7 @@ class PetalsService:
 
     async def register_holdout(self, model_name: str, items: list) -> dict:
         info = await asyncio.to_thread(self.models.require, model_name)
-        x, y = self._batch(info.signature, items)
+        x, y = await asyncio.to_thread(self._batch, info.signature, items)
         await asyncio.to_thread(self.models.set_holdout, model_name, x, y)
         if self.audit is not None:
             await self.audit.append("holdout_registered", model_name, {"samples": len(items)})

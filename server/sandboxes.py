@@ -31,6 +31,7 @@ from .store import Store
 log = logging.getLogger("wondercraft.sandboxes")
 
 DEFAULT_EXEC_TIMEOUT_S = 60.0
+USAGE_TTL_S = 0.25
 ACTIVE = ("running",)
 
 
@@ -101,6 +102,7 @@ class SandboxService:
         self.petals = petals
         self._inputs = Path(state_dir) / "sandbox-inputs"
         self._training: dict[str, dict] = {}
+        self._usage_cache: dict[str, tuple[float, asyncio.Future]] = {}
         # Every sandbox, made for the API or for a learn cycle, gets a row and metrics.
         runtime.on_created.append(self._created)
         runtime.on_destroyed.append(self._destroyed)
@@ -187,6 +189,7 @@ class SandboxService:
 
         await asyncio.to_thread(persist)
         self._training.pop(sandbox.id, None)
+        self._usage_cache.pop(sandbox.id, None)
         if self.audit is not None:
             body = {"sandboxId": sandbox.id, **final}
             await self.audit.append("sandbox_destroyed", None, body, agent_id=sandbox.spec.agent_id)
@@ -293,10 +296,22 @@ class SandboxService:
             return await asyncio.to_thread(self._stored, sandbox_id)
         view = self._view(sandbox)
         if sandbox.status == "running":
-            usage = await asyncio.to_thread(self.runtime._usage, sandbox)
-            view["resourceUsage"] = resource_usage({"cgroup": usage.as_dict()})
+            view["resourceUsage"] = await self._live_usage(sandbox)
             view["healthy"] = sandbox.alive
         return view
+
+    async def _live_usage(self, sandbox: Sandbox) -> dict:
+        """The kernel's counters, at most USAGE_TTL_S old: a status poll storm shares one
+        read of the cgroup files instead of sending every request to a worker thread."""
+        cached = self._usage_cache.get(sandbox.id)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < USAGE_TTL_S:
+            return await asyncio.shield(cached[1])
+        future = asyncio.ensure_future(
+            asyncio.to_thread(lambda: resource_usage({"cgroup": self.runtime._usage(sandbox).as_dict()}))
+        )
+        self._usage_cache[sandbox.id] = (now, future)
+        return await asyncio.shield(future)
 
     def _stored(self, sandbox_id: str) -> dict:
         rows = self.store.query("SELECT * FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))
