@@ -193,18 +193,27 @@ class PetalsService:
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
 
     def _recover(self) -> None:
-        """Cycles a previous run left queued or running go back in the queue; their attempt
-        counts stay, so the retry policy still bounds them."""
+        """Cycles a previous run left queued or running go back in the queue, and so do
+        completed ones whose round had not closed (their deltas lived in memory only; the
+        seed makes the re-run give the same deltas). Attempt counts stay, so the retry
+        policy bounds cycles that keep being interrupted too."""
         rows = self.store.query(
-            "SELECT * FROM cycles WHERE status IN ('queued', 'running', 'retrying') ORDER BY created_at"
+            "SELECT * FROM cycles WHERE status IN ('queued', 'running', 'retrying', 'completed') ORDER BY created_at"
         )
         for row in rows:
+            if row["status"] == "completed" and "round" in json.loads(row["result"] or "{}"):
+                continue  # its round closed: nothing is owed to it
             cycle = Cycle(
                 row["cycle_id"], row["agent_id"], row["model_name"], "queued", json.loads(row["request"]),
                 row["base_version"], row["created_at"], attempts=row["attempts"],
             )  # fmt: skip
             if not (self._work_dir / cycle.cycle_id / "data" / "job.json").exists():
                 self._set_failed_blocking(cycle, "lost", "the cycle's inputs were lost in a restart")
+                continue
+            if cycle.attempts > self.settings.petals_max_retries:
+                self._set_failed_blocking(
+                    cycle, "interrupted", f"interrupted {cycle.attempts} times (service restarts); giving up"
+                )
                 continue
             self._cycles[cycle.cycle_id] = cycle
             self._persist_blocking(cycle)
