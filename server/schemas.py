@@ -23,6 +23,16 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def listing(key: str, item: str) -> dict[str, Any]:
+    """An answer holding a list of `item` under `key`, with its length as `count`."""
+    return {
+        "type": "object",
+        "required": [key, "count"],
+        "additionalProperties": False,
+        "properties": {key: {"type": "array", "items": ref(item)}, "count": NON_NEGATIVE_INT},
+    }
+
+
 def nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
@@ -197,15 +207,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "events": {"type": "array", "items": ref("TelemetryEvent")},
         },
     },
-    "TelemetryPage": {
-        "type": "object",
-        "required": ["events", "count"],
-        "additionalProperties": False,
-        "properties": {
-            "events": {"type": "array", "items": ref("TelemetryEvent")},
-            "count": NON_NEGATIVE_INT,
-        },
-    },
+    "TelemetryPage": listing("events", "TelemetryEvent"),
     # ---- consensus history / audit ----
     "AuditEntry": {
         "type": "object",
@@ -231,15 +233,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "entryHash": {"type": "string", "pattern": SHA256_PATTERN},
         },
     },
-    "AuditHistory": {
-        "type": "object",
-        "required": ["entries", "count"],
-        "additionalProperties": False,
-        "properties": {
-            "entries": {"type": "array", "items": ref("AuditEntry")},
-            "count": NON_NEGATIVE_INT,
-        },
-    },
+    "AuditHistory": listing("entries", "AuditEntry"),
     "AuditVerification": {
         "type": "object",
         "required": ["ok", "entries", "headSeq", "headHash"],
@@ -409,15 +403,7 @@ COMPONENTS.update(
                 "finalResourceRecord": {"type": "object"},
             },
         },
-        "SandboxList": {
-            "type": "object",
-            "required": ["sandboxes", "count"],
-            "additionalProperties": False,
-            "properties": {
-                "sandboxes": {"type": "array", "items": ref("Sandbox")},
-                "count": NON_NEGATIVE_INT,
-            },
-        },
+        "SandboxList": listing("sandboxes", "Sandbox"),
         "ExecResult": {
             "type": "object",
             "required": [
@@ -627,15 +613,7 @@ COMPONENTS.update(
                 "shutdownGraceSeconds": {"type": "number", "minimum": 0},
             },
         },
-        "CycleList": {
-            "type": "object",
-            "required": ["cycles", "count"],
-            "additionalProperties": False,
-            "properties": {
-                "cycles": {"type": "array", "items": ref("CycleStatus")},
-                "count": NON_NEGATIVE_INT,
-            },
-        },
+        "CycleList": listing("cycles", "CycleStatus"),
         "SandboxSample": {
             "type": "object",
             "required": [
@@ -672,15 +650,7 @@ COMPONENTS.update(
                 "sampledAt": {"type": "number", "minimum": 0, "description": "Unix time of the sample (s)"},
             },
         },
-        "SandboxStats": {
-            "type": "object",
-            "required": ["sandboxes", "count"],
-            "additionalProperties": False,
-            "properties": {
-                "sandboxes": {"type": "array", "items": ref("SandboxSample")},
-                "count": NON_NEGATIVE_INT,
-            },
-        },
+        "SandboxStats": listing("sandboxes", "SandboxSample"),
         "CleanupReport": {
             "type": "object",
             "required": ["expired", "dead", "orphans", "removed"],
