@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from runtime.cgroups.base import CgroupLimits
 from runtime.sandbox import ResourceCaps, SandboxManager, SandboxSpec
 
 ITERATIONS = int(os.environ.get("BENCH_RUNTIME_ITERATIONS", "300"))
@@ -54,7 +55,72 @@ def _time_command(argv: list[str], iterations: int) -> list[float]:
     return samples
 
 
-async def _time_sandboxes(state_dir: Path, iterations: int) -> tuple[list[float], dict[str, list[float]]]:
+async def _launcher_breakdown(manager: SandboxManager, samples: int = 30) -> dict[str, float]:
+    """Where wc-init's own time goes (WC_INIT_TRACE), in microseconds, median of `samples`."""
+    spec = SandboxSpec(
+        agent_id="bench", caps=ResourceCaps(cpu_cores=1.0, memory_mb=256, pids=64, storage_mb=64)
+    )
+    sandbox = await manager.create(spec)
+    steps: dict[str, list[int]] = {}
+    env = dict(os.environ, WC_INIT_TRACE="1")
+
+    def collect(text: str) -> None:
+        for line in text.splitlines():
+            if line.startswith("wc-init trace "):
+                parts = line.split()
+                steps.setdefault(" ".join(parts[3:-2]), []).append(int(parts[-2]))
+
+    try:
+        for _ in range(samples):
+            read_end, write_end = os.pipe()
+            argv = [
+                manager._launcher,
+                "exec",
+                "--target",
+                str(sandbox.init_pid),
+                "--status-fd",
+                str(write_end),
+            ]
+            for path in sandbox._cgroup.procs_files:
+                argv += ["--cgroup-procs", path]
+            done = subprocess.run(
+                [*argv, "--", "true"], pass_fds=(write_end,), env=env, capture_output=True, text=True
+            )
+            os.close(write_end)
+            os.close(read_end)
+            collect(done.stderr)
+        create_argv = manager._create_args(sandbox)
+    finally:
+        await manager.destroy(sandbox.id)
+        manager.forget(sandbox.id)
+    for index in range(samples):
+        cgroup = manager.cgroups.create(
+            f"sb-{index:012x}", CgroupLimits(cpu_cores=1.0, memory_mb=256, pids_max=64)
+        )
+        argv, skip = [], False
+        for arg in create_argv:
+            if skip:
+                skip = False
+                continue
+            if arg == "--cgroup-procs":
+                skip = True
+                continue
+            argv.append(arg)
+        for path in cgroup.procs_files:
+            argv += ["--cgroup-procs", path]
+        shim = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        shim.stdout.readline()
+        time.sleep(0.005)  # let PID 1 finish writing its trace
+        shim.kill()
+        collect(shim.stderr.read())
+        shim.wait()
+        cgroup.destroy()
+    return {step: round(statistics.median(values), 1) for step, values in steps.items()}
+
+
+async def _time_sandboxes(
+    state_dir: Path, iterations: int
+) -> tuple[list[float], dict[str, list[float]], dict]:
     manager = SandboxManager(state_dir)
     await manager.start()
     spec = SandboxSpec(
@@ -84,9 +150,10 @@ async def _time_sandboxes(state_dir: Path, iterations: int) -> tuple[list[float]
                 steps.setdefault(step, []).append(value)
             for step, ms in sandbox.timings_ms.items():
                 steps.setdefault(step, []).append(ms / 1e3)
+        launcher = await _launcher_breakdown(manager)
     finally:
         await manager.close()
-    return totals, steps
+    return totals, steps, launcher
 
 
 def run() -> dict:
@@ -94,7 +161,7 @@ def run() -> dict:
         raise SystemExit("bwrap is missing: `make bench` installs Debian's bubblewrap")
     state_dir = Path(tempfile.mkdtemp(prefix="wondercraft-bench-"))
     try:
-        ours, steps = asyncio.run(_time_sandboxes(state_dir, ITERATIONS))
+        ours, steps, launcher = asyncio.run(_time_sandboxes(state_dir, ITERATIONS))
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
     bwrap = _time_command(BWRAP, ITERATIONS)
@@ -104,6 +171,7 @@ def run() -> dict:
         "bwrap": _percentiles(bwrap),
         "unshare": _percentiles(unshare),
         "steps": {name: _percentiles(values) for name, values in steps.items()},
+        "launcher_steps_us": launcher,
     }
     figures["ratio_p50_vs_bwrap"] = round(figures["wondercraft"]["p50_ms"] / figures["bwrap"]["p50_ms"], 2)
     figures["ratio_p50_vs_unshare"] = round(
@@ -118,4 +186,7 @@ def run() -> dict:
     print("   where our time goes (p50 ms):")
     for name, value in figures["steps"].items():
         print(f"     {name:<26} {value['p50_ms']:>8.3f}")
+    print("   inside wc-init (p50 us, WC_INIT_TRACE):")
+    for name, value in launcher.items():
+        print(f"     {name:<34} {value:>8.1f}")
     return figures

@@ -45,9 +45,25 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_ITEMS 64
+
+/* WC_INIT_TRACE=1: each step's duration on stderr, for the benchmark's breakdown. */
+static int tracing;
+static struct timespec trace_mark;
+
+static void trace(const char *step)
+{
+    if (!tracing)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long us = (now.tv_sec - trace_mark.tv_sec) * 1000000L + (now.tv_nsec - trace_mark.tv_nsec) / 1000;
+    dprintf(2, "wc-init trace %d %s %ld us\n", (int)getpid(), step, us);
+    trace_mark = now;
+}
 
 static void die(int fd, const char *stage, int err)
 {
@@ -216,9 +232,12 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int repo
 {
     char path[PATH_MAX], root[PATH_MAX], options[PATH_MAX * 2 + 64];
 
+    trace("create: fork");
     join_cgroups(cgroup_fds, o->ncgroups, report_fd);
+    trace("create: join cgroups");
     if (o->isolate_net)
         loopback_up(report_fd);
+    trace("create: loopback");
 
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         die(report_fd, "make mounts private", errno);
@@ -235,6 +254,7 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int repo
              o->stage);
     if (mount("wc-root", root, "overlay", MS_NOSUID, options) < 0)
         die(report_fd, "overlay root", errno);
+    trace("create: tmpfs + overlay");
 
     for (int i = 0; i < o->nbinds; i++) {
         char *sep = strchr(o->binds[i], ':');
@@ -244,6 +264,7 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int repo
         bind_into(root, o->binds[i], sep + 1, report_fd, MS_RDONLY | MS_NOSUID | MS_NODEV);
     }
 
+    trace("create: binds");
     /* /dev: a small tmpfs holding only the nodes we were given, bound from the host. */
     snprintf(path, sizeof path, "%s/dev", root);
     mkdir(path, 0755);
@@ -268,6 +289,7 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int repo
     if (mount(NULL, path, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755") < 0)
         die(report_fd, "dev read-only", errno);
 
+    trace("create: dev");
     /* Our own /proc: the new pid namespace shows only the sandbox's processes. */
     snprintf(path, sizeof path, "%s/proc", root);
     mkdir(path, 0555);
@@ -287,6 +309,7 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int repo
             die(report_fd, "chown writable dir", errno);
     }
 
+    trace("create: proc + writable dirs");
     if (o->hostname && sethostname(o->hostname, strlen(o->hostname)) < 0)
         die(report_fd, "sethostname", errno);
 
@@ -301,6 +324,7 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int repo
     if (chdir("/") < 0)
         die(report_fd, "chdir /", errno);
 
+    trace("create: pivot_root");
     write_all(report_fd, "ok\n");
     close(report_fd);
 
@@ -379,8 +403,10 @@ static int cmd_create(int argc, char **argv)
     int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID;
     if (o.isolate_net)
         flags |= CLONE_NEWNET;
+    trace("create: open cgroups");
     if (unshare(flags) < 0)
         die(o.ready_fd, "unshare", errno);
+    trace("create: unshare");
 
     int report[2];
     if (pipe2(report, O_CLOEXEC) < 0)
@@ -574,10 +600,12 @@ static int cmd_exec(int argc, char **argv)
         if (ns_fds[k] < 0)
             die(status_fd, "open sandbox namespace", errno);
     }
+    trace("exec: open fds");
     for (int k = 0; k < NNAMESPACES; k++) {
         if (setns(ns_fds[k], 0) < 0)
             die(status_fd, "join sandbox namespace", errno);
         close(ns_fds[k]);
+        trace(NAMESPACES[k]);
     }
 
     int errpipe[2];
@@ -590,7 +618,9 @@ static int cmd_exec(int argc, char **argv)
         close(errpipe[0]);
         close(status_fd);
         die_with_parent(0);
+        trace("exec: fork");
         join_cgroups(cgroup_fds, ncgroups, errpipe[1]);
+        trace("exec: join cgroups");
         signal(SIGINT, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
         /* Its own process group, so a timeout can kill everything it started. */
@@ -601,15 +631,20 @@ static int cmd_exec(int argc, char **argv)
             die(errpipe[1], "limit open files", errno);
         if (chdir(workdir) < 0)
             die(errpipe[1], "chdir workdir", errno);
+        trace("exec: setsid, rlimits, chdir");
         for (int cap = 0; cap <= 63; cap++)
             prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+        trace("exec: bounding set");
         if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
             die(errpipe[1], "drop to unprivileged user", errno);
+        trace("exec: uid/gid");
         drop_all_capabilities();
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
             die(errpipe[1], "no_new_privs", errno);
+        trace("exec: caps + no_new_privs");
         if (install_seccomp() < 0)
             die(errpipe[1], "seccomp", errno);
+        trace("exec: seccomp filter");
         execvp(command[0], command);
         dprintf(errpipe[1], "error exec %s: %s\n", command[0], strerror(errno));
         _exit(127);
@@ -648,6 +683,8 @@ static int cmd_exec(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    tracing = getenv("WC_INIT_TRACE") != NULL;
+    clock_gettime(CLOCK_MONOTONIC, &trace_mark);
     if (argc >= 2 && !strcmp(argv[1], "create"))
         return cmd_create(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "exec"))

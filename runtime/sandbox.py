@@ -497,7 +497,8 @@ class SandboxManager:
                 sandbox._running_groups.discard(group[0])
         (stdout, out_cut), (stderr, err_cut) = done[2], done[3]
         status = parse_exec_status(status_lines)
-        usage = await asyncio.to_thread(self._usage, sandbox)
+        # A dozen reads of in-memory cgroup files (~0.15 ms): cheaper here than a thread trip.
+        usage = self._usage(sandbox)
         if sandbox.active_execs == 1:
             sandbox.last_usage = usage
         if status["error"] and status["exit_code"] is None and status["signal"] is None:
@@ -646,11 +647,30 @@ class SandboxManager:
                 await shim.wait()
         mark = _lap(sandbox, "destroy_kill", mark)
 
+        # The counters read at the end of the last exec are final if nothing ran since: no
+        # exec is running and the last one left only PID 1 (which only waits) behind.
+        # Otherwise they are read again once everything is dead.
+        last = sandbox.last_usage
+        fresh = (
+            sandbox.active_execs == 0
+            and sandbox.executions > 0
+            and last is not None
+            and last.pids_current is not None
+            and last.pids_current <= 1
+        )
+
         def reap() -> CgroupUsage | None:
             # One trip to a worker thread for the rest: the cgroup is normally empty by now
             # (a process that escaped the pid namespace cannot exist; kill() makes sure),
             # its counters are read, then the netns and the cgroup go.
-            measured = self._kill_and_measure(sandbox) if sandbox._cgroup is not None else None
+            if sandbox._cgroup is None:
+                measured = None
+            elif fresh:
+                with contextlib.suppress(CgroupError, OSError):
+                    sandbox._cgroup.kill()
+                measured = sandbox.last_usage
+            else:
+                measured = self._kill_and_measure(sandbox)
             if sandbox.netns:
                 network.remove(sandbox.netns)
             if sandbox._cgroup is not None:
