@@ -27,6 +27,8 @@ MAX_PENDING_EVENTS = 100_000
 SUBSCRIBER_QUEUE_EVENTS = 1000
 PRUNE_EVERY_S = 3600.0
 FLUSH_RETRY_S = 1.0
+SEQ_RESERVED_KEY = "telemetry_seq_reserved"
+SEQ_RESERVE_BLOCK = 10000
 _SCHEMA_URI = "urn:wondercraft:schemas"
 
 
@@ -165,7 +167,18 @@ class TelemetryService:
         # sqlite_sequence remembers the highest ever used, even after pruning.
         row = store.query("SELECT seq FROM sqlite_sequence WHERE name = 'telemetry'")
         top = store.query("SELECT MAX(seq) AS seq FROM telemetry")[0]["seq"] or 0
-        self._next_seq = max(row[0]["seq"] if row else 0, top) + 1
+        # Seqs handed out but lost in a crash must not be handed out again (a reader resuming
+        # with Last-Event-ID would skip the new events): blocks of seqs are reserved in
+        # `meta` ahead of use, and a clean stop gives back what it did not use.
+        reserved = int(store.get_meta(SEQ_RESERVED_KEY) or 0)
+        self._next_seq = max(row[0]["seq"] if row else 0, top, reserved) + 1
+        self._reserved = 0
+        self._reserve(0)
+
+    def _reserve(self, needed: int) -> None:
+        """Reserve seqs up to `needed` beyond the next one, plus a block (one small write)."""
+        self._reserved = self._next_seq + needed + SEQ_RESERVE_BLOCK - 1
+        self._store.set_meta(SEQ_RESERVED_KEY, str(self._reserved))
 
     # ---- life cycle ----
 
@@ -193,6 +206,9 @@ class TelemetryService:
         left = len(self._buffers.pending)
         if left:
             log.error("telemetry events not written at shutdown", extra={"events": left})
+        else:
+            # Everything is written: the next start continues right after the last seq.
+            self._store.set_meta(SEQ_RESERVED_KEY, str(self._next_seq - 1))
 
     async def _run(self) -> None:
         while not self._closing:
@@ -243,6 +259,8 @@ class TelemetryService:
                 "retry later"
             )
         now_ms = int(time.time() * 1000)
+        if self._next_seq + len(events) - 1 > self._reserved:
+            self._reserve(len(events))
         accepted = []
         for event in events:
             record = TelemetryEvent(

@@ -361,3 +361,17 @@ def test_a_reader_too_slow_for_the_stream_is_cut_off_not_buffered_without_bound(
         subscription.close()
 
     asyncio.run(main())
+
+
+def test_seqs_lost_in_a_crash_are_never_handed_out_again(tmp_path):
+    state = tmp_path / "state"
+    env = {"TELEMETRY_BATCH_SIZE": "100000", "TELEMETRY_FLUSH_INTERVAL": "3600"}
+    server = api_server(state, **env).start()
+    _, body, _ = post(server, event("agent-a"), event("agent-a"), event("agent-a"))
+    handed_out = [e["seq"] for e in body["events"]]
+    server.stop(signal.SIGKILL)  # the three events were never written
+    assert stored_rows(server) == []
+    with api_server(state, **env) as again:
+        _, body, _ = post(again, event("agent-a"))
+        # A reader that saw seq 3 before the crash and resumes with Last-Event-ID: 3 gets this one.
+        assert body["events"][0]["seq"] > max(handed_out)
