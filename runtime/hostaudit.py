@@ -398,7 +398,7 @@ def storage_of(init_pid: int) -> dict | None:
 
 def sandbox_kernel_record(sandbox) -> dict:
     """What the kernel enforces for a running sandbox, and its counters now (blocking)."""
-    cgroup = sandbox._cgroup
+    cgroup = sandbox.cgroup
     record: dict = {"limits": enforced_limits(cgroup) if cgroup is not None else {}}
     record["storage"] = storage_of(sandbox.init_pid) if sandbox.init_pid else None
     record["pidsCurrent"] = len(cgroup.pids()) if cgroup is not None else None

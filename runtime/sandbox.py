@@ -137,6 +137,11 @@ class Sandbox:
     _destroyed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
+    def cgroup(self) -> SandboxCgroup | None:
+        """The sandbox's cgroup (None before creation got that far); for audits and stats."""
+        return self._cgroup
+
+    @property
     def alive(self) -> bool:
         return (
             self.status == "running"
@@ -532,6 +537,10 @@ class SandboxManager:
             termination_reason=reason,
             usage=record.as_dict(),
         )
+
+    def usage(self, sandbox_id: str) -> CgroupUsage:
+        """The kernel's counters for a sandbox now (its last ones once it is gone)."""
+        return self._usage(self.get(sandbox_id))
 
     @staticmethod
     def _usage(sandbox: Sandbox) -> CgroupUsage:

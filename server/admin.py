@@ -93,15 +93,15 @@ async def cycles(
     return await asyncio.to_thread(query)
 
 
-def _sample(sandbox) -> dict:
-    usage = SandboxManager._usage(sandbox)
+def _sample(runtime: SandboxManager, sandbox) -> dict:
+    usage = runtime.usage(sandbox.id)
     caps = sandbox.spec.caps
     cpu = None
     if usage.cpu_user_s is not None or usage.cpu_system_s is not None:
         cpu = round((usage.cpu_user_s or 0.0) + (usage.cpu_system_s or 0.0), 6)
     pids = usage.pids_current
-    if pids is None and sandbox._cgroup is not None:
-        pids = len(sandbox._cgroup.pids())  # v1 has no pids.current per sandbox
+    if pids is None and sandbox.cgroup is not None:
+        pids = len(sandbox.cgroup.pids())  # v1 has no pids.current per sandbox
     return {
         "sandboxId": sandbox.id,
         "agentId": sandbox.spec.agent_id,
@@ -124,7 +124,7 @@ def _sample(sandbox) -> dict:
 async def stats(services: Services) -> list[dict]:
     """One resource sample per running sandbox (API and learn-cycle sandboxes alike)."""
     running = [s for s in services.runtime.list() if s.status == "running"]
-    return await asyncio.to_thread(lambda: [_sample(s) for s in running])
+    return await asyncio.to_thread(lambda: [_sample(services.runtime, s) for s in running])
 
 
 async def cleanup(services: Services) -> dict:

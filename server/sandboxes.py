@@ -308,7 +308,7 @@ class SandboxService:
         if cached is not None and now - cached[0] < USAGE_TTL_S:
             return await asyncio.shield(cached[1])
         future = asyncio.ensure_future(
-            asyncio.to_thread(lambda: resource_usage({"cgroup": self.runtime._usage(sandbox).as_dict()}))
+            asyncio.to_thread(lambda: resource_usage({"cgroup": self.runtime.usage(sandbox.id).as_dict()}))
         )
         self._usage_cache[sandbox.id] = (now, future)
         return await asyncio.shield(future)
@@ -396,7 +396,7 @@ class SandboxService:
         running = [s for s in self.runtime.list() if s.status == "running"]
 
         def read() -> list[tuple[str, dict]]:
-            return [(s.id, resource_usage({"cgroup": self.runtime._usage(s).as_dict()})) for s in running]
+            return [(s.id, resource_usage({"cgroup": self.runtime.usage(s.id).as_dict()})) for s in running]
 
         for sandbox_id, usage in await asyncio.to_thread(read):
             self.metrics.set_sandbox_usage(
