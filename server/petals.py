@@ -632,8 +632,14 @@ class PetalsService:
             "learn cycle failed", extra={"cycle_id": cycle.cycle_id, "reason": reason, "detail": message}
         )
         self._emit(cycle, "training_cycle_failed", error=f"{reason}: {message}")
+        self._retire(cycle)
         self._count(cycle, "failed")
         await self._maybe_close_round(cycle.model_name, cycle.base_version)
+
+    def _retire(self, cycle: Cycle) -> None:
+        """A cycle with nothing left to do lives on in the store only (get() reads it there),
+        so a long-running service does not keep every cycle it ever ran in memory."""
+        self._cycles.pop(cycle.cycle_id, None)
 
     def _count(self, cycle: Cycle, outcome: str) -> None:
         if self.metrics is not None:
@@ -769,6 +775,7 @@ class PetalsService:
             for cycle in members:
                 cycle.result = {**(cycle.result or {}), "round": {"outcome": "rejected", "reasons": reasons}}
                 await self._persist(cycle)
+                self._retire(cycle)
             if self.audit is not None:
                 await self.audit.append(
                     "round_rejected", info.name, {"baseVersion": info.current_version, "reasons": reasons}
@@ -798,6 +805,8 @@ class PetalsService:
         version = await asyncio.to_thread(
             self.models.commit, info.name, candidate.params, info.current_version, record, mark_aggregated
         )
+        for cycle in members:
+            self._retire(cycle)
         if self.audit is not None:
             await self.audit.append("model_committed", info.name, {"version": version, "parentVersion": info.current_version,
                                                                    "cycles": ids})  # fmt: skip
