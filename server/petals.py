@@ -371,9 +371,16 @@ class PetalsService:
             time.time(),
         )
         cycle.progress.epochs = int(request["epochs"])
-        await asyncio.to_thread(write_inputs, self._work_dir / cycle.cycle_id / "data", request, x, y)
-        await asyncio.to_thread(self._insert_blocking, cycle)
+        # Enrolled in its round from the moment its base version is fixed, before any await:
+        # a round must not close without a cycle that was accepted against its base.
         self._cycles[cycle.cycle_id] = cycle
+        try:
+            await asyncio.to_thread(write_inputs, self._work_dir / cycle.cycle_id / "data", request, x, y)
+            await asyncio.to_thread(self._insert_blocking, cycle)
+        except BaseException:
+            self._cycles.pop(cycle.cycle_id, None)
+            await asyncio.to_thread(self.cleanup_inputs, cycle.cycle_id)
+            raise
         self._queue.put(agent_id, cycle.cycle_id)
         self._set_queue_gauge()
         return {"cycleId": cycle.cycle_id, "status": "queued", "baseVersion": cycle.base_version}

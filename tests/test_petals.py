@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -86,17 +87,26 @@ def test_five_agents_train_mlp_digits_round_over_round(federation, digits):
     server, first_token = federation, federation.tokens[AGENTS[0]]
     accuracies = []
     for round_index in range(4):
-        cycles = []
+        jobs = []
         for agent, (x, y) in zip(AGENTS, shards, strict=True):
-            job = {
+            jobs.append((agent, {
                 "modelType": "mlp:digits",
                 "modelConfig": {"inputDim": 64, "numClasses": 10, "hidden": [32]},
                 "dataBatch": batch(x, y),
                 "trainingParams": {"learningRate": 0.2, "batchSize": 16, "epochs": 5},
                 "resourceCaps": {"cpu": 1, "memory": 512},
                 "seed": round_index * 10 + AGENTS.index(agent),
-            }
-            status, body, _ = http("POST", f"{server.url}/v1/petals/train", job, token=server.tokens[agent])
+            }))  # fmt: skip
+
+        def submit_job(agent_job):
+            agent, job = agent_job
+            return agent, http("POST", f"{server.url}/v1/petals/train", job, token=server.tokens[agent])
+
+        # All five at once, as five agents would: every one is enrolled before any cycle ends.
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(submit_job, jobs))
+        cycles = []
+        for agent, (status, body, _) in answers:
             assert status == 202, body
             assert body["status"] == "queued" and body["baseVersion"] == round_index
             cycles.append((agent, body["cycleId"]))
