@@ -1,0 +1,123 @@
+"""The service's words, defined once: cycle statuses, why a cycle failed, how a round ended,
+model families, id patterns and cap bounds. Schemas, services and error messages take their
+lists from here; an error message names the allowed words, never a regex."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from runtime.reasons import RUN_ENDS, TerminationReason
+
+__all__ = [
+    "TerminationReason",
+    "CycleStatus",
+    "FailureReason",
+    "RoundOutcome",
+    "ClosedBy",
+    "ModelFamily",
+    "SandboxStatus",
+    "names",
+]
+
+
+def names(words) -> str:
+    """'a, b or c': an enum's (or any list's) values for an error message."""
+    values = [str(w) for w in words]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
+
+
+class CycleStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    AGGREGATED = "aggregated"
+
+
+# A cycle in one of these still holds (or waits for) a slot.
+ACTIVE_STATUSES = (CycleStatus.QUEUED, CycleStatus.RUNNING, CycleStatus.RETRYING)
+RUNNING_STATUSES = (CycleStatus.RUNNING, CycleStatus.RETRYING)
+
+
+class FailureReason(StrEnum):
+    """A failed cycle's error.reason: the runtime's termination reasons and the service's own."""
+
+    TIMEOUT = TerminationReason.TIMEOUT.value
+    MEMORY_LIMIT = TerminationReason.MEMORY_LIMIT.value
+    PIDS_LIMIT = TerminationReason.PIDS_LIMIT.value
+    STORAGE_LIMIT = TerminationReason.STORAGE_LIMIT.value
+    LIFETIME = TerminationReason.LIFETIME.value
+    KILLED = TerminationReason.KILLED.value
+    CRASHED = "crashed"
+    INVALID_RESULT = "invalid_result"
+    SANDBOX_START = "sandbox_start"
+    INTERNAL = "internal"
+    LOST = "lost"
+    INTERRUPTED = "interrupted"
+    STALE_BASE = "stale_base"
+    ROUND_EXPIRED = "round_expired"
+    MODEL_DELETED = "model_deleted"
+
+
+# Ends of a cycle that retrying cannot fix: a cap was hit or someone killed it.
+NOT_RETRIED = tuple(FailureReason(r.value) for r in RUN_ENDS)
+
+
+class RoundOutcome(StrEnum):
+    """What happened to a completed cycle's update (its result.round.outcome)."""
+
+    COMMITTED = "committed"
+    REJECTED = "rejected"
+
+
+class ClosedBy(StrEnum):
+    """Why a round closed: enough clients, its deadline with minClients, or its deadline with
+    fewer (allowPartial)."""
+
+    THRESHOLD = "threshold"
+    DEADLINE = "deadline"
+    PARTIAL = "partial"
+
+
+class ModelFamily(StrEnum):
+    LINEAR = "linear"
+    LOGISTIC = "logistic"
+    SOFTMAX = "softmax"
+    MLP = "mlp"
+
+
+class SandboxStatus(StrEnum):
+    CREATING = "creating"
+    RUNNING = "running"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+    DEAD = "dead"
+
+
+# ---- ids and names ----
+# Ids travel in URLs and may end up in file or cgroup names: no '/', no leading '.', no ':'.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+MODEL_LABEL = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+MODEL_NAME_PATTERN = rf"^({'|'.join(ModelFamily)})(:{MODEL_LABEL})?$"
+MODEL_NAME_RULE = (
+    f"a model family ({names(ModelFamily)}), optionally named as family:name "
+    "(name of 1 to 64 letters, digits, '.', '_' or '-')"
+)
+MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
+SANDBOX_ID_PATTERN = r"^sb-[0-9a-f]{12}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+# ---- cap bounds (what any request may ask; a host's resourceLimits may allow less) ----
+CPU_CORES_MAX = 1024
+MEMORY_MB_MIN = 16
+MEMORY_MB_MAX = 262144
+GPU_COUNT_MAX = 64
+STORAGE_MB_MAX = 1048576
+LIFETIME_S_MAX = 604800
+
+# ---- round policy bounds ----
+MIN_CLIENTS_MAX = 10000
+ROUND_SECONDS_MAX = 86400.0
