@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import re
 import secrets
@@ -178,12 +179,16 @@ class PetalsService:
         self._queue = FairQueue()
         self._slots = asyncio.Semaphore(settings.max_concurrent_cycles)
         self._tasks: set[asyncio.Task] = set()
+        self._round_checks: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
         self._round_locks: dict[str, asyncio.Lock] = {}
         self._round_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
         self._closed_rounds: set[tuple[str, int]] = set()
         self._stopping = False
         self._work_dir = self.state_dir / "cycles"
+        # Test hook: a closing round first waits (at most this many seconds) until another
+        # cycle of its base has completed, which forces the close/complete interleaving.
+        self._hold_round_close_s = float(os.environ.get("WONDERCRAFT_TEST_HOLD_ROUND_CLOSE", "0") or 0)
 
     # ------------------------------------------------------------ lifecycle --
 
@@ -641,7 +646,15 @@ class PetalsService:
         self._emit(cycle, "training_cycle_failed", error=f"{reason}: {message}")
         self._retire(cycle)
         self._count(cycle, "failed")
-        await self._maybe_close_round(cycle.model_name, cycle.base_version)
+        self._schedule_round_check(cycle.model_name, cycle.base_version)
+
+    def _schedule_round_check(self, model_name: str, base_version: int) -> None:
+        """Looks at the round again once the caller is done. Round code runs under the model's
+        lock, and asyncio locks are not re-entrant: awaiting the check from there would wait
+        on itself forever."""
+        task = asyncio.get_running_loop().create_task(self._maybe_close_round(model_name, base_version))
+        self._round_checks.add(task)
+        task.add_done_callback(self._round_checks.discard)
 
     def _retire(self, cycle: Cycle) -> None:
         """A cycle with nothing left to do lives on in the store only (get() reads it there),
@@ -725,6 +738,8 @@ class PetalsService:
     async def _close_round(
         self, info: ModelInfo, members: list[Cycle], enrolled: int, deadline: bool
     ) -> None:
+        if self._hold_round_close_s > 0:
+            await self._hold_until_another_completes(info, members)
         started = time.perf_counter()
         base_info = await asyncio.to_thread(self.models.version, info.name, info.current_version)
         base = await asyncio.to_thread(self.models.load, base_info)
@@ -819,15 +834,19 @@ class PetalsService:
                                                                    "cycles": ids})  # fmt: skip
         log.info("model committed", extra={"model": info.name, "version": version, "cycles": len(ids)})
         # Cycles still running against the old base will find their round closed.
-        for cycle in list(self._cycles.values()):
-            if (
-                cycle.model_name == info.name
-                and cycle.base_version == info.current_version
-                and cycle.status == "completed"
-                and cycle.deltas is not None
-            ):
-                await self._maybe_close_round(info.name, info.current_version)
-                break
+        self._schedule_round_check(info.name, info.current_version)
+
+    async def _hold_until_another_completes(self, info: ModelInfo, members: list[Cycle]) -> None:
+        ids = {c.cycle_id for c in members}
+        deadline = time.monotonic() + self._hold_round_close_s
+        while time.monotonic() < deadline:
+            others = [
+                c.status for c in self._cycles.values()
+                if c.model_name == info.name and c.base_version == info.current_version and c.cycle_id not in ids
+            ]  # fmt: skip
+            if "completed" in others or not {"queued", "running", "retrying"} & set(others):
+                return
+            await asyncio.sleep(0.02)
 
     # ------------------------------------------------------- shared model --
 
