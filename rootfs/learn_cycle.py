@@ -2,12 +2,17 @@
 read-only data batch and print the deltas (trained - base) as JSON on stdout.
 
 Inputs: /data/job.json (signature, hyperparameters, seed), /data/batch.npz (x, y),
-/model/base.npz. Progress goes to stderr as one JSON object per epoch."""
+/model/base.npz. Progress goes to stderr as one JSON object per epoch.
+
+Test knob: WONDERCRAFT_TEST_START_DELAY_MS=N (set through the learn command, e.g. with `env`)
+makes the cycle wait a random 0..N ms before it starts, so tests can shuffle completions."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import random
 import sys
 import time
 
@@ -25,6 +30,9 @@ def encode(array: np.ndarray) -> dict:
 
 
 def main(data_dir: str = "/data", base_path: str = "/model/base.npz") -> int:
+    delay_ms = float(os.environ.get("WONDERCRAFT_TEST_START_DELAY_MS", "0") or 0)
+    if delay_ms > 0:
+        time.sleep(random.uniform(0.0, delay_ms) / 1000.0)
     started = time.monotonic()
     with open(f"{data_dir}/job.json") as handle:
         job = json.load(handle)

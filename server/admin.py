@@ -16,8 +16,11 @@ from runtime.supervisor import supervise_once
 from . import VERSION
 from .errors import NotFound, ServiceUnavailable
 from .services import Services
+from .storage import cycles as cycle_rows
+from .storage import sandboxes as sandbox_rows
+from .vocabulary import RUNNING_STATUSES
 
-ACTIVE_CYCLE_STATUSES = ("running", "retrying")
+ACTIVE_CYCLE_STATUSES = RUNNING_STATUSES
 
 
 async def status(services: Services) -> dict:
@@ -25,22 +28,11 @@ async def status(services: Services) -> dict:
 
     def counts() -> dict:
         store = services.store
-        sandboxes = {
-            r["status"]: r["n"]
-            for r in store.query("SELECT status, COUNT(*) AS n FROM sandboxes GROUP BY status")
+        return {
+            "sandboxes": sandbox_rows.count_by_status(store),
+            "cycles": cycle_rows.count_by_status(store),
+            "models": services.petals.models.summaries(),
         }
-        cycles = {
-            r["status"]: r["n"]
-            for r in store.query("SELECT status, COUNT(*) AS n FROM cycles GROUP BY status")
-        }
-        models = [
-            {"modelType": r["model_name"], "currentVersion": r["current_version"], "versions": r["versions"]}
-            for r in store.query(
-                "SELECT m.model_name, m.current_version, (SELECT COUNT(*) FROM model_versions v"
-                " WHERE v.model_name = m.model_name) AS versions FROM models m ORDER BY m.model_name"
-            )
-        ]
-        return {"sandboxes": sandboxes, "cycles": cycles, "models": models}
 
     stored = await asyncio.to_thread(counts)
     runtime = services.runtime
@@ -62,6 +54,7 @@ async def status(services: Services) -> dict:
             "queued": stored["cycles"].get("queued", 0),
             "running": sum(stored["cycles"].get(s, 0) for s in ACTIVE_CYCLE_STATUSES),
             "maxConcurrent": settings.max_concurrent_cycles,
+            "slotsInUse": services.petals.slots()["slotsInUse"],
             "byStatus": stored["cycles"],
         },
         "models": stored["models"],
@@ -81,14 +74,8 @@ async def cycles(
     petals = services.petals
 
     def query() -> list[dict]:
-        sql, params = "SELECT cycle_id FROM cycles WHERE 1 = 1", []
-        for clause, value in (("agent_id = ?", agent_id), ("status = ?", status_), ("model_name = ?", model)):
-            if value is not None:
-                sql += f" AND {clause}"
-                params.append(value)
-        sql += " ORDER BY created_at DESC, cycle_id LIMIT ?"
-        params.append(limit)
-        return [petals.get(row["cycle_id"]) for row in services.store.query(sql, params)]
+        ids = cycle_rows.list_ids(services.store, agent_id=agent_id, status=status_, model=model, limit=limit)
+        return [petals.get(cycle_id) for cycle_id in ids]
 
     return await asyncio.to_thread(query)
 

@@ -21,7 +21,7 @@ ROUTES = RouteTable("agents", "Agents and their bearer tokens (admin only)")
     errors=[409],
 )
 async def register_agent(call: Call) -> web.Response:
-    issued = await call.services.agents.register(call.body["agentId"])
+    issued = await call.services.agents.register(call.body["agentId"], call.body.get("modelAuthor", False))
     return json_reply({**issued.agent.to_json(), "token": issued.token}, status=201)
 
 
@@ -34,6 +34,22 @@ async def register_agent(call: Call) -> web.Response:
 )
 async def list_agents(call: Call) -> web.Response:
     return json_reply({"agents": [record.to_json() for record in call.services.agents.list()]})
+
+
+@ROUTES.operation(
+    "PATCH",
+    "/v1/agents/{agentId}",
+    summary="Change what an agent may do: modelAuthor lets it define shared models",
+    access="admin",
+    path_params=[Param("agentId", AGENT_ID)],
+    body=ref("AgentUpdateRequest"),
+    max_body_bytes=4096,
+    replies=[Reply(200, "Updated", ref("Agent"))],
+    errors=[404],
+)
+async def update_agent(call: Call) -> web.Response:
+    record = await call.services.agents.set_model_author(call.path["agentId"], call.body["modelAuthor"])
+    return json_reply(record.to_json())
 
 
 @ROUTES.operation(

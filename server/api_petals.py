@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .auth import act_as, ensure_visible, require_admin
+from .errors import Forbidden
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import NON_NEGATIVE_INT, ref
 
@@ -20,17 +21,63 @@ MODEL_QUERY = [
 
 @ROUTES.operation(
     "POST",
+    "/v1/petals/models",
+    summary="Define a shared model: its signature (version 0) and its round policy",
+    description=(
+        "Admin, or an agent the admin made a model author (modelAuthor). The round policy's fields "
+        "left out take the service's defaults; the policy is shown with the model and in every proposal."
+    ),
+    access="agent",
+    body=ref("ModelCreateRequest"),
+    replies=[Reply(201, "Defined", ref("Model"))],
+    errors=[403, 409],
+)
+async def create_model(call: Call) -> web.Response:
+    caller = call.caller
+    if not caller.is_admin and not call.services.agents.is_model_author(caller.agent_id):
+        raise Forbidden(f"defining a model needs the admin token or a model author; {caller} is not one")
+    return json_reply(await call.services.petals.create_model(caller.agent_id, call.body), status=201)
+
+
+@ROUTES.operation(
+    "GET",
+    "/v1/petals/models",
+    summary="The shared models, with their signatures and round policies",
+    access="agent",
+    replies=[Reply(200, "Every model", ref("ModelList"))],
+)
+async def list_models(call: Call) -> web.Response:
+    return json_reply(await call.services.petals.list_models(call.caller.agent_id))
+
+
+@ROUTES.operation(
+    "DELETE",
+    "/v1/petals/models/{modelType}",
+    summary="Delete a shared model and its versions; its consensus history stays",
+    access="admin",
+    path_params=[Param("modelType", ref("ModelName"))],
+    replies=[Reply(200, "Deleted", ref("Model"))],
+    errors=[404, 409],
+)
+async def delete_model(call: Call) -> web.Response:
+    require_admin(call.caller, "deleting a model")
+    return json_reply(await call.services.petals.delete_model(call.path["modelType"]))
+
+
+@ROUTES.operation(
+    "POST",
     "/v1/petals/train",
     summary="Submit a training job; its learn cycle runs in a sandbox",
     description=(
-        "The first job for a modelType fixes its signature and creates version 0; a job with another "
-        "signature is a 409. Past the queue bound the answer is 429 with Retry-After."
+        "The model must exist (POST /v1/petals/models; an unknown one is a 404 naming the closest "
+        "name) unless the service runs with autoCreateModels, where the first job creates it. A job "
+        "with another signature is a 409. Past the queue bound the answer is 429 with Retry-After."
     ),
     access="agent",
     body=ref("PetalTrainingRequest"),
     max_body_bytes=TRAIN_MAX_BODY_BYTES,
     replies=[Reply(202, "Queued", ref("TrainAccepted"))],
-    errors=[403, 409, 429],
+    errors=[403, 404, 409, 429],
 )
 async def train(call: Call) -> web.Response:
     agent_id = act_as(call.caller, call.body.get("agentId"))
@@ -69,10 +116,10 @@ async def shared_model(call: Call) -> web.StreamResponse:
     petals = call.services.petals
     name, version = call.query["modelType"], call.query.get("version")
     if call.query.get("format") == "onnx":
-        body = await petals.shared_model_onnx(name, version)
+        body = await petals.shared.shared_model_onnx(name, version)
         return web.Response(body=body, content_type="application/octet-stream",
                             headers={"Content-Disposition": 'attachment; filename="model.onnx"'})  # fmt: skip
-    return json_reply(await petals.shared_model(name, version))
+    return json_reply(await petals.shared.shared_model(name, version, call.caller.agent_id))
 
 
 @ROUTES.operation(
@@ -84,7 +131,9 @@ async def shared_model(call: Call) -> web.StreamResponse:
     replies=[Reply(200, "The versions, oldest first", ref("ModelVersions"))],
 )
 async def model_versions(call: Call) -> web.Response:
-    return json_reply(await call.services.petals.versions(call.query["modelType"]))
+    return json_reply(
+        await call.services.petals.shared.versions(call.query["modelType"], call.caller.agent_id)
+    )
 
 
 @ROUTES.operation(
@@ -99,7 +148,7 @@ async def model_versions(call: Call) -> web.Response:
 async def predict(call: Call) -> web.Response:
     body = call.body
     return json_reply(
-        await call.services.petals.predict(body["modelType"], body["inputs"], body.get("version"))
+        await call.services.petals.shared.predict(body["modelType"], body["inputs"], body.get("version"))
     )
 
 
@@ -116,7 +165,7 @@ async def register_validation(call: Call) -> web.Response:
     require_admin(call.caller, "registering a hold-out set")
     body = call.body
     return json_reply(
-        await call.services.petals.register_holdout(body["modelType"], body["dataBatch"]), status=201
+        await call.services.petals.shared.register_holdout(body["modelType"], body["dataBatch"]), status=201
     )
 
 

@@ -21,11 +21,11 @@ from .config import Settings
 from .errors import WonderCraftError
 from .metrics import LoopLagMonitor, Metrics
 from .openapi import API_KEY
-from .petals import PetalsService
 from .sandboxes import SandboxService
 from .services import SERVICES, Services
 from .store import Store
 from .telemetry import TelemetryService
+from .training.service import TrainingService
 
 log = logging.getLogger("wondercraft.http")
 
@@ -155,7 +155,7 @@ def create_app(settings: Settings, store: Store, admin_token: str | None = None)
         flush_interval_s=settings.telemetry_flush_interval_s,
         retention_days=settings.telemetry_retention_days,
     )
-    petals = PetalsService(
+    petals = TrainingService(
         settings, store, state_dir, runtime, telemetry=telemetry, audit=audit, metrics=metrics
     )
     services = Services(

@@ -47,6 +47,7 @@ class AgentRecord:
     agent_id: str
     created_at: float
     revoked_at: float | None = None
+    model_author: bool = False  # may define shared models
 
     @property
     def active(self) -> bool:
@@ -58,6 +59,7 @@ class AgentRecord:
             "active": self.active,
             "createdAt": round(self.created_at * 1000),
             "revokedAt": None if self.revoked_at is None else round(self.revoked_at * 1000),
+            "modelAuthor": self.model_author,
         }
 
 
@@ -84,8 +86,12 @@ class AgentRegistry:
         self._admin_digest = _digest(admin_token) if admin_token else secrets.token_bytes(32)
         self._agents: dict[str, tuple[AgentRecord, bytes]] = {}
         self._dummy_digest = secrets.token_bytes(32)
-        for row in store.query("SELECT agent_id, token_sha256, created_at, revoked_at FROM agents"):
-            record = AgentRecord(row["agent_id"], row["created_at"], row["revoked_at"])
+        for row in store.query(
+            "SELECT agent_id, token_sha256, created_at, revoked_at, model_author FROM agents"
+        ):
+            record = AgentRecord(
+                row["agent_id"], row["created_at"], row["revoked_at"], bool(row["model_author"])
+            )
             self._agents[record.agent_id] = (record, bytes.fromhex(row["token_sha256"]))
 
     def authenticate(self, authorization: str | None) -> Caller:
@@ -118,27 +124,51 @@ class AgentRegistry:
     def list(self) -> list[AgentRecord]:
         return sorted((record for record, _ in self._agents.values()), key=lambda r: r.agent_id)
 
-    async def register(self, agent_id: str) -> IssuedToken:
+    def is_model_author(self, agent_id: str) -> bool:
+        record = self.get(agent_id)
+        return record is not None and record.active and record.model_author
+
+    async def register(self, agent_id: str, model_author: bool = False) -> IssuedToken:
         """A new agent with a fresh token. Ids are never reused, revoked ones included."""
         if agent_id in self._agents:
             raise Conflict(f"agent {agent_id} already exists; agent ids are never reused")
         token = f"{agent_id}{TOKEN_SEPARATOR}{secrets.token_urlsafe(32)}"
         digest = _digest(token)
-        record = await asyncio.to_thread(self._insert, agent_id, digest)
+        record = await asyncio.to_thread(self._insert, agent_id, digest, model_author)
         self._agents[agent_id] = (record, digest)
         return IssuedToken(agent=record, token=token)
 
-    def _insert(self, agent_id: str, digest: bytes) -> AgentRecord:
+    async def set_model_author(self, agent_id: str, model_author: bool) -> AgentRecord:
+        """Let an agent define shared models, or stop it from doing so."""
+        entry = self._agents.get(agent_id)
+        if entry is None:
+            raise NotFound(f"agent {agent_id} not found")
+
+        def write() -> None:
+            with self._store.transaction() as conn:
+                conn.execute(
+                    "UPDATE agents SET model_author = ? WHERE agent_id = ?", (int(model_author), agent_id)
+                )
+                body = {"agentId": agent_id, "modelAuthor": model_author}
+                self._audit.record(conn, "agent.updated", None, body, agent_id=agent_id)
+
+        await asyncio.to_thread(write)
+        record = replace(entry[0], model_author=model_author)
+        self._agents[agent_id] = (record, entry[1])
+        return record
+
+    def _insert(self, agent_id: str, digest: bytes, model_author: bool = False) -> AgentRecord:
         now = time.time()
         with self._store.transaction() as conn:
             if conn.execute("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,)).fetchone():
                 raise Conflict(f"agent {agent_id} already exists; agent ids are never reused")
             conn.execute(
-                "INSERT INTO agents(agent_id, token_sha256, created_at) VALUES(?, ?, ?)",
-                (agent_id, digest.hex(), now),
+                "INSERT INTO agents(agent_id, token_sha256, created_at, model_author) VALUES(?, ?, ?, ?)",
+                (agent_id, digest.hex(), now, int(model_author)),
             )
-            self._audit.record(conn, "agent.registered", None, {"agentId": agent_id}, agent_id=agent_id)
-        return AgentRecord(agent_id=agent_id, created_at=now)
+            body = {"agentId": agent_id, "modelAuthor": model_author}
+            self._audit.record(conn, "agent.registered", None, body, agent_id=agent_id)
+        return AgentRecord(agent_id=agent_id, created_at=now, model_author=model_author)
 
     async def revoke(self, agent_id: str) -> AgentRecord:
         """Revokes the agent's token at once; revoking a revoked agent changes nothing."""

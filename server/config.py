@@ -45,6 +45,12 @@ class Settings:
     petals_max_retries: int = 3
     petals_retry_base_delay_s: float = 1.0
     petals_round_deadline_s: float = 300.0
+    # Round policy defaults for models defined without one (None: 2 once two agents train it).
+    petals_min_clients: int | None = None
+    petals_round_window_s: float = 0.0
+    petals_allow_partial: bool = False
+    # The seed's flow: the first job for an unknown modelType creates it.
+    auto_create_models: bool = False
     petals_max_model_parameters: int = 20_000_000
     sandbox_default_storage_mb: int = 512
     sandbox_default_pids: int = 256
@@ -165,6 +171,10 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "PETALS_MAX_RETRIES": ("petals_max_retries", _int_between(0, 100)),
     "PETALS_RETRY_BASE_DELAY": ("petals_retry_base_delay_s", _number_between(0.0, 3600.0)),
     "PETALS_ROUND_DEADLINE": ("petals_round_deadline_s", _number_between(0.0, 86400.0)),
+    "PETALS_MIN_CLIENTS": ("petals_min_clients", _int_between(1, 10000)),
+    "PETALS_ROUND_WINDOW": ("petals_round_window_s", _number_between(0.0, 86400.0, lo_open=False)),
+    "PETALS_ALLOW_PARTIAL": ("petals_allow_partial", _boolean),
+    "PETALS_AUTO_CREATE_MODELS": ("auto_create_models", _boolean),
     "PETALS_MAX_MODEL_PARAMETERS": ("petals_max_model_parameters", _int_between(1, 2_000_000_000)),
     "SANDBOX_DEFAULT_STORAGE": ("sandbox_default_storage_mb", _int_between(1, 1048576)),
     "SANDBOX_DEFAULT_PIDS": ("sandbox_default_pids", _int_between(8, 65536)),
@@ -186,6 +196,11 @@ CONFIG_FILE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "maxUpdateNorm": ("max_update_norm", _number_between(0.0, 1e12)),
     "validationTolerance": ("validation_tolerance", _number_between(0.0, 1e6, lo_open=False)),
     "learnCommand": ("learn_command", _argv),
+    "autoCreateModels": ENVIRONMENT["PETALS_AUTO_CREATE_MODELS"],
+    "minClients": ENVIRONMENT["PETALS_MIN_CLIENTS"],
+    "roundWindowSeconds": ENVIRONMENT["PETALS_ROUND_WINDOW"],
+    "roundDeadlineSeconds": ENVIRONMENT["PETALS_ROUND_DEADLINE"],
+    "allowPartial": ENVIRONMENT["PETALS_ALLOW_PARTIAL"],
 }
 
 RESOURCE_LIMIT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -275,6 +290,14 @@ def _check_consistency(settings: Settings) -> None:
         )
 
 
+def _check_rounds(settings: Settings) -> None:
+    if settings.petals_round_window_s > settings.petals_round_deadline_s:
+        raise ConfigError(
+            f"PETALS_ROUND_WINDOW={settings.petals_round_window_s:g} exceeds "
+            f"PETALS_ROUND_DEADLINE={settings.petals_round_deadline_s:g}: a round could never use its window"
+        )
+
+
 def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, overridden by the --config file, overridden by the environment."""
     settings = Settings()
@@ -282,4 +305,5 @@ def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | 
         settings = _apply_file(settings, config_path)
     settings = _apply_environment(settings, os.environ if environ is None else environ)
     _check_consistency(settings)
+    _check_rounds(settings)
     return settings

@@ -26,6 +26,7 @@ from runtime.sandbox import (
 
 from .config import Settings
 from .errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from .staging import learn_binds, write_inputs
 from .store import Store
 
 log = logging.getLogger("wondercraft.sandboxes")
@@ -59,6 +60,23 @@ def resource_usage(usage: dict) -> dict:
         "ioWriteBytes": cgroup.get("io_write_bytes"),
         "psi": cgroup.get("psi"),
         "wallSeconds": usage.get("wall_s"),
+    }
+
+
+def camel_key(name: str) -> str:
+    """`memory_mb` -> `memoryMB`, `cpu_cores` -> `cpuCores`: the API's spelling of a runtime name."""
+    head, *rest = name.split("_")
+    return head + "".join("MB" if part == "mb" else part.capitalize() for part in rest)
+
+
+def final_record(record: dict) -> dict:
+    """The runtime's record of a destroyed sandbox in the API's camelCase."""
+    return {
+        "terminationReason": record.get("termination_reason"),
+        "wallSeconds": record.get("wall_s"),
+        "executions": record.get("executions"),
+        "resourceUsage": resource_usage({"cgroup": record.get("cgroup", {})}),
+        "limits": {camel_key(k): v for k, v in (record.get("limits") or {}).items()},
     }
 
 
@@ -203,8 +221,6 @@ class SandboxService:
             raise BadRequest("trainingConfig needs the petals service")
         import secrets
 
-        from .petals import write_inputs
-
         info, request, x, y = await self.petals.prepare(config)
         base = await asyncio.to_thread(self.petals.models.version, info.name, info.current_version)
         sandbox_id = f"sb-{secrets.token_hex(6)}"
@@ -217,11 +233,7 @@ class SandboxService:
             "command": list(self.settings.learn_command),
             "seed": request["seed"],
         }
-        binds = (
-            mounts.Bind(str(data_dir), mounts.DATA_DIR),
-            mounts.Bind(base.path, f"{mounts.MODEL_DIR}/base.npz"),
-        )
-        return training, binds
+        return training, learn_binds(data_dir, base.path)
 
     def _view(self, sandbox: Sandbox) -> dict:
         caps = sandbox.spec.caps
@@ -251,13 +263,7 @@ class SandboxService:
 
     @staticmethod
     def _final(record: dict) -> dict:
-        return {
-            "terminationReason": record.get("termination_reason"),
-            "wallSeconds": record.get("wall_s"),
-            "executions": record.get("executions"),
-            "resourceUsage": resource_usage({"cgroup": record.get("cgroup", {})}),
-            "limits": record.get("limits"),
-        }
+        return final_record(record)
 
     def _save_view(self, sandbox: Sandbox) -> None:
         self.store.execute(

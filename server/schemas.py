@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-# Ids travel in URLs and may end up in file or cgroup names: no '/', no leading '.', no ':'.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-AUDIT_KIND_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
+from . import vocabulary as words
+from .vocabulary import (
+    AUDIT_KIND_PATTERN,
+    ENV_NAME_PATTERN,
+    ID_PATTERN,
+    MODEL_NAME_PATTERN,
+    NO_NUL_PATTERN,
+    SANDBOX_ID_PATTERN,
+    SHA256_PATTERN,
+)
+
 # 9999-12-31T23:59:59.999Z: any larger millisecond timestamp is a mistake.
 MAX_TIMESTAMP_MS = 253402300799999
 MAX_SEQ = 2**53 - 1
@@ -39,13 +46,11 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 AGENT_ID = {"type": "string", "pattern": ID_PATTERN, "description": "An agent's id"}
 CYCLE_ID = {"type": "string", "pattern": ID_PATTERN, "description": "A training cycle's id"}
-MODEL_TYPE_PATTERN = r"^(linear|logistic|softmax|mlp)(:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
 MODEL_NAME = {
     "type": "string",
-    "pattern": MODEL_TYPE_PATTERN,
+    "pattern": MODEL_NAME_PATTERN,
     "description": "A shared model's name: its modelType, a family optionally named (mlp:digits)",
 }
-SANDBOX_ID_PATTERN = r"^sb-[0-9a-f]{12}$"
 TIMESTAMP_MS = {
     "type": "integer",
     "minimum": 0,
@@ -55,6 +60,42 @@ TIMESTAMP_MS = {
 SEQ = {"type": "integer", "minimum": 1, "maximum": MAX_SEQ}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 100}
 NON_NEGATIVE_INT = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
+
+
+def extended(schema: dict[str, Any], required: tuple[str, ...] = (), **properties: Any) -> dict[str, Any]:
+    """An object schema with more (or replaced) properties; `required` names the new required ones."""
+    return {**schema, "required": [*schema["required"], *(k for k in required if k not in schema["required"])],
+            "properties": {**schema["properties"], **properties}}  # fmt: skip
+
+
+_MODEL_AUTHOR = {"type": "boolean", "description": "May define shared models (POST /v1/petals/models)"}
+_AGENT = {
+    "type": "object",
+    "required": ["agentId", "active", "createdAt", "revokedAt", "modelAuthor"],
+    "additionalProperties": False,
+    "properties": {
+        "agentId": {"$ref": "#/components/schemas/AgentId"},
+        "active": {"type": "boolean"},
+        "createdAt": {"$ref": "#/components/schemas/TimestampMs"},
+        "revokedAt": {"anyOf": [{"$ref": "#/components/schemas/TimestampMs"}, {"type": "null"}]},
+        "modelAuthor": _MODEL_AUTHOR,
+    },
+}
+
+_TELEMETRY_INPUT = {
+    "type": "object",
+    "required": ["event", "agentId"],
+    "additionalProperties": False,
+    "properties": {
+        "event": ref("TelemetryEventKind"),
+        "cycleId": ref("CycleId"),
+        "agentId": ref("AgentId"),
+        "timestamp": ref("TimestampMs"),
+        "deltas": ref("DeltasSummary"),
+        "metrics": ref("TrainingMetrics"),
+        "error": {"type": "string", "maxLength": 4096},
+    },
+}
 
 COMPONENTS: dict[str, dict[str, Any]] = {
     # ---- shared ----
@@ -96,34 +137,24 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["agentId"],
         "additionalProperties": False,
-        "properties": {"agentId": ref("AgentId")},
+        "properties": {"agentId": ref("AgentId"), "modelAuthor": _MODEL_AUTHOR},
     },
-    "Agent": {
+    "AgentUpdateRequest": {
         "type": "object",
-        "required": ["agentId", "active", "createdAt", "revokedAt"],
+        "required": ["modelAuthor"],
         "additionalProperties": False,
-        "properties": {
-            "agentId": ref("AgentId"),
-            "active": {"type": "boolean"},
-            "createdAt": ref("TimestampMs"),
-            "revokedAt": nullable(ref("TimestampMs")),
-        },
+        "properties": {"modelAuthor": _MODEL_AUTHOR},
     },
-    "AgentCreated": {
-        "type": "object",
-        "required": ["agentId", "active", "createdAt", "revokedAt", "token"],
-        "additionalProperties": False,
-        "properties": {
-            "agentId": ref("AgentId"),
-            "active": {"type": "boolean"},
-            "createdAt": ref("TimestampMs"),
-            "revokedAt": {"type": "null"},
-            "token": {
-                "type": "string",
-                "description": "The agent's bearer token. Shown only in this answer; only its hash is kept.",
-            },
+    "Agent": _AGENT,
+    "AgentCreated": extended(
+        _AGENT,
+        required=("token",),
+        revokedAt={"type": "null"},
+        token={
+            "type": "string",
+            "description": "The agent's bearer token. Shown only in this answer; only its hash is kept.",
         },
-    },
+    ),
     "AgentList": {
         "type": "object",
         "required": ["agents"],
@@ -155,41 +186,20 @@ COMPONENTS: dict[str, dict[str, Any]] = {
                 "type": "number",
                 "minimum": 0,
                 "maximum": 315576000000,
-                "description": "Milliseconds the cycle took",
+                "description": "Seconds the cycle took",
             },
             "epochs": {"type": "integer", "minimum": 0, "maximum": 10000},
             "lossPerEpoch": {"type": "array", "maxItems": 1000, "items": {"type": "number"}},
         },
     },
-    "TelemetryEventInput": {
-        "type": "object",
-        "required": ["event", "agentId"],
-        "additionalProperties": False,
-        "properties": {
-            "event": ref("TelemetryEventKind"),
-            "cycleId": ref("CycleId"),
-            "agentId": ref("AgentId"),
-            "timestamp": ref("TimestampMs"),
-            "deltas": ref("DeltasSummary"),
-            "metrics": ref("TrainingMetrics"),
-            "error": {"type": "string", "maxLength": 4096},
-        },
-    },
-    "TelemetryEvent": {
-        "type": "object",
-        "required": ["seq", "event", "agentId", "timestamp"],
-        "additionalProperties": False,
-        "properties": {
-            "seq": {**SEQ, "description": "Position in the telemetry stream (the SSE event id)"},
-            "event": ref("TelemetryEventKind"),
-            "cycleId": ref("CycleId"),
-            "agentId": ref("AgentId"),
-            "timestamp": ref("TimestampMs"),
-            "deltas": ref("DeltasSummary"),
-            "metrics": ref("TrainingMetrics"),
-            "error": {"type": "string"},
-        },
-    },
+    "TelemetryEventInput": _TELEMETRY_INPUT,
+    "TelemetryEvent": extended(
+        _TELEMETRY_INPUT,
+        required=("seq", "timestamp"),
+        seq={**SEQ, "description": "Position in the telemetry stream (the SSE event id)"},
+        timestamp=ref("TimestampMs"),
+        error={"type": "string"},
+    ),
     "TelemetryBatch": {
         "type": "object",
         "required": ["events"],
@@ -253,23 +263,65 @@ COMPONENTS: dict[str, dict[str, Any]] = {
 _CPU = {
     "type": "number",
     "exclusiveMinimum": 0,
-    "maximum": 1024,
+    "maximum": words.CPU_CORES_MAX,
     "description": "CPU cores (fractions allowed)",
 }
-_MEMORY = {"type": "integer", "minimum": 16, "maximum": 262144, "description": "Memory in MB"}
+_MEMORY = {
+    "type": "integer",
+    "minimum": words.MEMORY_MB_MIN,
+    "maximum": words.MEMORY_MB_MAX,
+    "description": "Memory in MB",
+}
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
 _NULLABLE_INT = {"type": ["integer", "null"]}
-TERMINATION_REASONS = [
-    "timeout",
-    "memory_limit",
-    "pids_limit",
-    "storage_limit",
-    "lifetime",
-    "killed",
-    "destroyed",
-    "lost",
-]
-CYCLE_STATUSES = ["queued", "running", "retrying", "completed", "failed", "aggregated"]
+TERMINATION_REASONS = [str(r) for r in words.TerminationReason]
+CYCLE_STATUSES = [str(s) for s in words.CycleStatus]
+_MODEL_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "inputDim": {"type": "integer", "minimum": 1, "maximum": 65536},
+        "numClasses": {"type": "integer", "minimum": 1, "maximum": 10000},
+        "hidden": {
+            "type": "array",
+            "maxItems": 16,
+            "items": {"type": "integer", "minimum": 1, "maximum": 65536},
+        },
+    },
+}
+_ROUND_POLICY = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "When a round of this model closes; fields left out take the service's defaults",
+    "properties": {
+        "minClients": {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": words.MIN_CLIENTS_MAX}, {"type": "null"}],
+            "description": "Fewest completed cycles a round closes with (null: 2 once two agents train the model)",
+        },
+        "roundWindowSeconds": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": words.ROUND_SECONDS_MAX,
+            "description": "How long a round stays open for participants after its first enrolment",
+        },
+        "aggregationThreshold": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "Share of the clients enrolled when the window closed that must complete",
+        },
+        "roundDeadlineSeconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": words.ROUND_SECONDS_MAX,
+            "description": "A round closes (or expires, below minClients) this long after it opened",
+        },
+        "allowPartial": {
+            "type": "boolean",
+            "description": "At the deadline, close below minClients rather than expire",
+        },
+    },
+}
 
 _TRAINING_PROPERTIES = {
     "agentId": ref("AgentId"),
@@ -297,19 +349,7 @@ _TRAINING_PROPERTIES = {
             "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
         },
     },
-    "modelConfig": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "inputDim": {"type": "integer", "minimum": 1, "maximum": 65536},
-            "numClasses": {"type": "integer", "minimum": 1, "maximum": 10000},
-            "hidden": {
-                "type": "array",
-                "maxItems": 16,
-                "items": {"type": "integer", "minimum": 1, "maximum": 65536},
-            },
-        },
-    },
+    "modelConfig": _MODEL_CONFIG,
     "resourceCaps": {
         "type": "object",
         "additionalProperties": False,
@@ -338,13 +378,13 @@ COMPONENTS.update(
                     "properties": {
                         "cpu": _CPU,
                         "memory": _MEMORY,
-                        "gpu": {"type": "integer", "minimum": 0, "maximum": 64},
+                        "gpu": {"type": "integer", "minimum": 0, "maximum": words.GPU_COUNT_MAX},
                     },
                 },
                 "trainingConfig": ref("PetalTrainingRequest"),
                 "network": {"enum": ["isolated"], "description": "isolated: loopback only (the default)"},
-                "storageMB": {"type": "integer", "minimum": 1, "maximum": 1048576},
-                "lifetimeSeconds": {"type": "integer", "minimum": 1, "maximum": 604800},
+                "storageMB": {"type": "integer", "minimum": 1, "maximum": words.STORAGE_MB_MAX},
+                "lifetimeSeconds": {"type": "integer", "minimum": 1, "maximum": words.LIFETIME_S_MAX},
             },
         },
         "SandboxExecuteRequest": {
@@ -357,18 +397,18 @@ COMPONENTS.update(
                     "type": "array",
                     "minItems": 1,
                     "maxItems": 1024,
-                    "items": {"type": "string", "maxLength": 65536, "pattern": "^[^\\u0000]*$"},
+                    "items": {"type": "string", "maxLength": 65536, "pattern": NO_NUL_PATTERN},
                     "description": "argv: the program and its arguments (no shell)",
                 },
                 "timeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
                 "env": {
                     "type": "object",
                     "maxProperties": 128,
-                    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"},
+                    "propertyNames": {"pattern": ENV_NAME_PATTERN},
                     "additionalProperties": {
                         "type": "string",
                         "maxLength": 65536,
-                        "pattern": "^[^\\u0000]*$",
+                        "pattern": NO_NUL_PATTERN,
                     },
                 },
                 "stdin": {"type": "string", "maxLength": 1048576},
@@ -392,7 +432,7 @@ COMPONENTS.update(
             "properties": {
                 "sandboxId": ref("SandboxId"),
                 "agentId": ref("AgentId"),
-                "status": {"enum": ["creating", "running", "destroying", "destroyed", "dead"]},
+                "status": {"enum": [str(s) for s in words.SandboxStatus]},
                 "resourceCaps": {"type": "object"},
                 "network": {"type": "string"},
                 "createdAt": ref("TimestampMs"),
@@ -429,6 +469,35 @@ COMPONENTS.update(
             },
         },
         # ---- petals ----
+        "RoundPolicy": _ROUND_POLICY,
+        "ModelCreateRequest": {
+            "type": "object",
+            "required": ["modelType", "modelConfig"],
+            "additionalProperties": False,
+            "properties": {
+                "modelType": ref("ModelName"),
+                "modelConfig": _MODEL_CONFIG,
+                "roundPolicy": ref("RoundPolicy"),
+            },
+        },
+        "Model": {
+            "type": "object",
+            "required": ["modelType", "signature", "currentVersion", "roundPolicy", "createdBy"],
+            "additionalProperties": False,
+            "properties": {
+                "modelType": ref("ModelName"),
+                "signature": {"type": "object"},
+                "currentVersion": NON_NEGATIVE_INT,
+                "roundPolicy": {
+                    **_ROUND_POLICY,
+                    "required": list(_ROUND_POLICY["properties"]),
+                    "description": "The policy in force, defaults filled in",
+                },
+                "createdBy": nullable(ref("AgentId")),
+                "deleted": {"const": True},
+            },
+        },
+        "ModelList": listing("models", "Model"),
         "TrainAccepted": {
             "type": "object",
             "required": ["cycleId", "status", "baseVersion"],
@@ -576,12 +645,13 @@ COMPONENTS.update(
                 },
                 "cycles": {
                     "type": "object",
-                    "required": ["queued", "running", "maxConcurrent", "byStatus"],
+                    "required": ["queued", "running", "maxConcurrent", "slotsInUse", "byStatus"],
                     "additionalProperties": False,
                     "properties": {
                         "queued": {**NON_NEGATIVE_INT, "description": "The queue depth"},
                         "running": NON_NEGATIVE_INT,
                         "maxConcurrent": NON_NEGATIVE_INT,
+                        "slotsInUse": {**NON_NEGATIVE_INT, "description": "Cycles holding a slot now"},
                         "byStatus": _COUNTS,
                     },
                 },

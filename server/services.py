@@ -19,8 +19,8 @@ from .store import Store
 from .telemetry import TelemetryService
 
 if TYPE_CHECKING:
-    from .petals import PetalsService
     from .sandboxes import SandboxService
+    from .training.service import TrainingService
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Services:
     runtime: SandboxManager
     supervisor: Supervisor
     sandboxes: SandboxService
-    petals: PetalsService
+    petals: TrainingService
 
 
 SERVICES = web.AppKey("services", Services)

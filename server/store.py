@@ -108,6 +108,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX cycles_by_model_base ON cycles(model_name, base_version, status);
     CREATE INDEX sandboxes_by_status ON sandboxes(status);
     """,
+    # 4: a model's round policy and who defined it; agents the admin lets define models.
+    """
+    ALTER TABLE models ADD COLUMN round_policy TEXT;
+    ALTER TABLE models ADD COLUMN created_by TEXT;
+    ALTER TABLE agents ADD COLUMN model_author INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -14,6 +14,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from .errors import BadRequest
+from .vocabulary import PATTERN_RULES
 
 MAX_SHOWN_ERRORS = 5
 
@@ -65,7 +66,7 @@ def describe(schema: Mapping[str, Any]) -> str:
         elif low:
             text += f" of at least {low} characters"
         if "pattern" in schema:
-            text += f" matching {schema['pattern']}"
+            text += f" of {PATTERN_RULES.get(schema['pattern'], 'the form the API document gives')}"
         return text
     if kind == "array":
         text = "an array"

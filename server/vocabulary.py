@@ -110,6 +110,20 @@ MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 SANDBOX_ID_PATTERN = r"^sb-[0-9a-f]{12}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
+AUDIT_KIND_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# Each pattern in words, for error messages: they name what is allowed, never the regex.
+PATTERN_RULES = {
+    ID_PATTERN: ID_RULE,
+    MODEL_NAME_PATTERN: MODEL_NAME_RULE,
+    SANDBOX_ID_PATTERN: "'sb-' and 12 lowercase hex digits",
+    SHA256_PATTERN: "64 lowercase hex digits",
+    AUDIT_KIND_PATTERN: "1 to 64 lowercase letters, digits, '.', '_' or '-', starting with a letter",
+    NO_NUL_PATTERN: "any characters but NUL",
+    ENV_NAME_PATTERN: "1 to 128 letters, digits or '_', not starting with a digit",
+}
+
 # ---- cap bounds (what any request may ask; a host's resourceLimits may allow less) ----
 CPU_CORES_MAX = 1024
 MEMORY_MB_MIN = 16

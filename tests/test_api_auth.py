@@ -27,6 +27,7 @@ SAMPLES = {
     "openapi_document": ("GET", "/v1/openapi.json", None),
     "metrics": ("GET", "/metrics", None),
     "register_agent": ("POST", "/v1/agents", {"agentId": "matrix-new"}),
+    "update_agent": ("PATCH", "/v1/agents/matrix-victim", {"modelAuthor": False}),
     "list_agents": ("GET", "/v1/agents", None),
     "revoke_agent": ("DELETE", "/v1/agents/matrix-victim", None),
     "telemetry_events": ("GET", "/v1/telemetry/training?agentId=agent-a", None),
@@ -48,6 +49,13 @@ SAMPLES = {
     "destroy_sandbox": ("DELETE", "/v1/sandbox/{sandbox}", None),
     "sandbox_status": ("GET", "/v1/sandbox/status/{sandbox}", None),
     "list_sandboxes": ("GET", "/v1/sandbox", None),
+    "create_model": (
+        "POST",
+        "/v1/petals/models",
+        {"modelType": "linear:made-{n}", "modelConfig": {"inputDim": 2}},
+    ),
+    "list_models": ("GET", "/v1/petals/models", None),
+    "delete_model": ("DELETE", "/v1/petals/models/linear:spare-{n}", None),
     "train": ("POST", "/v1/petals/train", {"agentId": "agent-a", **MATRIX_JOB}),
     "cycle_status": ("GET", "/v1/petals/status/{cycle}", None),
     "shared_model": ("GET", "/v1/petals/model/shared?modelType=linear:matrix", None),
@@ -73,14 +81,19 @@ SAMPLES = {
 # Another agent's sandbox or cycle answers 404 exactly like a missing one.
 OWNED = {"execute_in_sandbox", "destroy_sandbox", "sandbox_status", "cycle_status"}
 # Shared models are readable by every agent.
-SHARED = {"shared_model", "model_versions", "predict"}
+SHARED = {"shared_model", "model_versions", "predict", "list_models"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with api_server(tmp_path_factory.mktemp("auth") / "state") as server:
+    with api_server(tmp_path_factory.mktemp("auth") / "state", PETALS_AUTO_CREATE_MODELS="1") as server:
         server.tokens = {name: register_agent(server, name) for name in ("agent-a", "agent-b", "revoked-c")}
         status, _, _ = http("DELETE", server.url + "/v1/agents/revoked-c", token=ADMIN_TOKEN)
+        assert status == 200
+        # agent-a may define models; agent-b may not.
+        status, _, _ = http(
+            "PATCH", server.url + "/v1/agents/agent-a", {"modelAuthor": True}, token=ADMIN_TOKEN
+        )
         assert status == 200
         server.sandbox_id = _agent_a_sandbox(server)
         status, body, _ = http(
@@ -123,10 +136,19 @@ def _call(server, operation_id: str, token: str | None):
         stream.close()
         return stream.status, getattr(stream, "body", None), stream.headers
     # The admin's calls really register and revoke: give each a fresh agent.
-    if operation_id == "revoke_agent" and token == ADMIN_TOKEN:
+    if operation_id in ("revoke_agent", "update_agent") and token == ADMIN_TOKEN:
         victim = f"victim-{next(UNIQUE)}"
         register_agent(server, victim)
         path = f"/v1/agents/{victim}"
+    if "{n}" in path or "{n}" in str(body):
+        unique = str(next(UNIQUE))
+        path = path.replace("{n}", unique)
+        body = {
+            k: (v.replace("{n}", unique) if isinstance(v, str) else v) for k, v in (body or {}).items()
+        } or None
+    if operation_id == "delete_model" and token == ADMIN_TOKEN:
+        spare = {"modelType": path.rsplit("/", 1)[1], "modelConfig": {"inputDim": 2}}
+        assert http("POST", server.url + "/v1/petals/models", spare, token=ADMIN_TOKEN)[0] == 201
     if operation_id == "register_agent" and token == ADMIN_TOKEN:
         body = {"agentId": f"new-{next(UNIQUE)}"}
     return http(method, server.url + path, body, token=token)
@@ -138,6 +160,7 @@ def test_every_operation_has_an_auth_sample(operations):
         documented = (
             path.split("?")[0]
             .replace("matrix-victim", "{agentId}")
+            .replace("linear:spare-{n}", "{modelType}")
             .replace("{sandbox}", "{sandboxId}")
             .replace("{cycle}", "{cycleId}")
         )
@@ -156,7 +179,9 @@ def test_open_operations_are_exactly_health_and_the_document(operations):
     assert admin_only == {
         "metrics",
         "register_agent",
+        "update_agent",
         "list_agents",
+        "delete_model",
         "revoke_agent",
         "record_telemetry",
         "verify_audit",
@@ -199,7 +224,10 @@ def test_auth_matrix_for_every_operation(server, operations, operation_id):
         return
     assert answers["own agent"][0] < 300, answers["own agent"]
     status, body, _ = answers["other agent"]
-    if operation_id in OWNED:
+    if operation_id == "create_model":
+        # Only an agent the admin made a model author may define models.
+        assert status == 403 and "model author" in body["error"]["message"], answers["other agent"]
+    elif operation_id in OWNED:
         assert status == 404, answers["other agent"]
         assert body["error"]["code"] == "not_found"
     elif operation_id in SHARED:
@@ -234,13 +262,13 @@ def test_scheme_is_case_insensitive(server):
 def test_registering_returns_the_token_once_and_listing_never_shows_it(server):
     status, body, _ = http("POST", server.url + "/v1/agents", {"agentId": "lister"}, token=ADMIN_TOKEN)
     assert status == 201
-    assert set(body) == {"agentId", "token", "active", "createdAt", "revokedAt"}
+    assert set(body) == {"agentId", "token", "active", "createdAt", "revokedAt", "modelAuthor"}
     assert body["agentId"] == "lister" and body["active"] is True and body["revokedAt"] is None
     token = body["token"]
     status, listing, _ = http("GET", server.url + "/v1/agents", token=ADMIN_TOKEN)
     assert status == 200
     entry = next(a for a in listing["agents"] if a["agentId"] == "lister")
-    assert set(entry) == {"agentId", "active", "createdAt", "revokedAt"}
+    assert set(entry) == {"agentId", "active", "createdAt", "revokedAt", "modelAuthor"}
     assert token not in str(listing)
     # The token works for reads as that agent.
     status, _, _ = http("GET", server.url + "/v1/telemetry/training", token=token)

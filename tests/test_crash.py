@@ -41,7 +41,12 @@ def job(name: str) -> dict:
 
 
 def server_for(state: Path, config: Path, **env: str) -> ServerProcess:
-    environment = clean_env(WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN, PETALS_RETRY_BASE_DELAY="0.2", **env)
+    environment = clean_env(
+        WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN,
+        PETALS_RETRY_BASE_DELAY="0.2",
+        PETALS_AUTO_CREATE_MODELS="1",
+        **env,
+    )
     return ServerProcess(state, env=environment, args=["--config", str(config)])
 
 

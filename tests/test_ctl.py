@@ -56,7 +56,11 @@ def one_line_error(result, code: int, fragment: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with api_server(tmp_path_factory.mktemp("ctl") / "state", TELEMETRY_FLUSH_INTERVAL="0.2") as server:
+    with api_server(
+        tmp_path_factory.mktemp("ctl") / "state",
+        TELEMETRY_FLUSH_INTERVAL="0.2",
+        PETALS_AUTO_CREATE_MODELS="1",
+    ) as server:
         server.token = register_agent(server, "agent-a")
         yield server
 

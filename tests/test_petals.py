@@ -65,10 +65,17 @@ def federation(tmp_path_factory):
     state = tmp_path_factory.mktemp("petals-digits")
     config = state / "scaling.json"
     # Every enrolled cycle must finish before a round closes, and every validator must approve.
-    config.write_text(json.dumps({"aggregationThreshold": 1.0, "validationTolerance": 0.0}))
+    config.write_text(
+        json.dumps({"aggregationThreshold": 1.0, "validationTolerance": 0.0, "autoCreateModels": True})
+    )
     env = clean_env(WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN, PETALS_MAX_CONCURRENT_CYCLES="5")
     with ServerProcess(state / "state", env=env, args=["--config", str(config)]) as server:
         server.tokens = {agent: register_agent(server, agent) for agent in AGENTS}
+        # Every round has all five agents in it.
+        model = {"modelType": "mlp:digits", "modelConfig": {"inputDim": 64, "numClasses": 10, "hidden": [32]},
+                 "roundPolicy": {"minClients": len(AGENTS)}}  # fmt: skip
+        status, body, _ = http("POST", f"{server.url}/v1/petals/models", model, token=ADMIN_TOKEN)
+        assert status == 201, body
         yield server
 
 
@@ -124,8 +131,8 @@ def test_five_agents_train_mlp_digits_round_over_round(federation, digits):
             assert done["resultVersion"] == round_index + 1
             assert done["sandboxId"].startswith("sb-")
             record = done["result"]["resourceRecord"]
-            assert record["exec"]["cpu_s"] > 0 and record["exec"]["cgroup"]["memory_peak_bytes"] > 0
-            assert record["sandbox"]["limits"]["memory_mb"] == 512
+            assert record["exec"]["cpuSeconds"] > 0 and record["exec"]["memoryPeakBytes"] > 0
+            assert record["sandbox"]["limits"]["memoryMB"] == 512
             assert done["progress"]["epoch"] == done["progress"]["epochs"] == 5
             assert len(done["result"]["epochs"]) == 5
         version, accuracy = holdout_accuracy(server, first_token, holdout)
@@ -227,7 +234,11 @@ CRASH_ONCE = (
 def failures(tmp_path_factory):
     state = tmp_path_factory.mktemp("petals-failures")
     config = state / "scaling.json"
-    config.write_text(json.dumps({"learnCommand": ["sh", "-c", CRASH_ONCE], "maxUpdateNorm": 1000}))
+    config.write_text(
+        json.dumps(
+            {"learnCommand": ["sh", "-c", CRASH_ONCE], "maxUpdateNorm": 1000, "autoCreateModels": True}
+        )
+    )
     env = clean_env(
         WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN, PETALS_RETRY_BASE_DELAY="0.3", PETALS_MAX_CONCURRENT_CYCLES="2",
         PETALS_MAX_QUEUE_DEPTH="3", TELEMETRY_FLUSH_INTERVAL="0.2",
@@ -263,7 +274,7 @@ def test_memory_bomb_in_a_learn_cycle_fails_with_memory_limit_and_is_not_retried
     assert cycle["status"] == "failed"
     assert cycle["error"]["reason"] == "memory_limit"
     assert cycle["attempts"] == 1
-    assert cycle["result"]["resourceRecord"]["exec"]["cgroup"]["oom_kills"] >= 1
+    assert cycle["result"]["resourceRecord"]["exec"]["oomKills"] >= 1
     deadline = time.monotonic() + 5
     while not (events := telemetry_for(failures, cycle["cycleId"])) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -422,7 +433,7 @@ def test_sandbox_with_training_config_gives_the_same_deltas_as_train(failures):
 def test_the_queue_is_fair_across_agents():
     import asyncio
 
-    from server.petals import FairQueue
+    from server.training.scheduler import FairQueue
 
     async def drain() -> list[str]:
         queue = FairQueue()

@@ -41,7 +41,7 @@ def test_round_closing_while_another_cycle_completes_does_not_wedge_the_model(tm
     config = tmp_path / "scaling.json"
     # One of two enrolled cycles is enough to close a round: the second completes while the
     # first one's round is closing (held there by the hook until it has).
-    config.write_text(json.dumps({"aggregationThreshold": 0.5}))
+    config.write_text(json.dumps({"aggregationThreshold": 0.5, "minClients": 1, "autoCreateModels": True}))
     env = clean_env(
         WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN,
         PETALS_MAX_CONCURRENT_CYCLES="2",

@@ -5,7 +5,8 @@ me at this time). No I/O, no awaits, no locks: one consumer feeds it and applies
 
 A round belongs to one model and one base version. It opens at its first enrolment and stays
 open for participants for `roundWindowSeconds`; then it closes once `max(minClients,
-ceil(aggregationThreshold x clients enrolled when the window closed))` cycles have completed.
+ceil(aggregationThreshold x clients enrolled when the window closed))` cycles have completed
+(enrolled by the round's first completion count too, when that comes after the window).
 At `roundDeadlineSeconds` it closes with what it has if that is at least minClients, or at
 least one cycle with `allowPartial`; otherwise it expires and its cycles are rejected. While a
 model aggregates, its next round fills but waits: it shares the base being replaced."""
@@ -13,74 +14,12 @@ model aggregates, its next round fills but waits: it shares the base being repla
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
-from ..vocabulary import MIN_CLIENTS_MAX, ROUND_SECONDS_MAX, ClosedBy, FailureReason
+from ..vocabulary import ClosedBy, FailureReason
+from .policy import RoundPolicy
 
-# ---- the policy ----
-
-
-@dataclass(frozen=True)
-class RoundPolicy:
-    # None: 2 once more than one agent trains the model, 1 while only one does.
-    min_clients: int | None = None
-    round_window_s: float = 0.0
-    aggregation_threshold: float = 0.67
-    round_deadline_s: float = 300.0
-    allow_partial: bool = False
-
-    def effective_min_clients(self, agents: int) -> int:
-        if self.min_clients is not None:
-            return self.min_clients
-        return 2 if agents > 1 else 1
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "minClients": self.min_clients,
-            "roundWindowSeconds": self.round_window_s,
-            "aggregationThreshold": self.aggregation_threshold,
-            "roundDeadlineSeconds": self.round_deadline_s,
-            "allowPartial": self.allow_partial,
-        }
-
-    def updated(self, body: dict[str, Any] | None) -> RoundPolicy:
-        """This policy with a request's roundPolicy fields applied (camelCase; None keeps)."""
-        body = body or {}
-        policy = replace(
-            self,
-            min_clients=body.get("minClients", self.min_clients),
-            round_window_s=float(body.get("roundWindowSeconds", self.round_window_s)),
-            aggregation_threshold=float(body.get("aggregationThreshold", self.aggregation_threshold)),
-            round_deadline_s=float(body.get("roundDeadlineSeconds", self.round_deadline_s)),
-            allow_partial=bool(body.get("allowPartial", self.allow_partial)),
-        )
-        policy.check()
-        return policy
-
-    def check(self) -> None:
-        """ValueError naming the first field out of its bounds."""
-        if self.min_clients is not None and not 1 <= self.min_clients <= MIN_CLIENTS_MAX:
-            raise ValueError(f"roundPolicy.minClients must be 1..{MIN_CLIENTS_MAX}, got {self.min_clients}")
-        if not 0.0 <= self.aggregation_threshold <= 1.0:
-            raise ValueError(
-                f"roundPolicy.aggregationThreshold must be 0..1, got {self.aggregation_threshold}"
-            )
-        if not 0.0 < self.round_deadline_s <= ROUND_SECONDS_MAX:
-            raise ValueError(
-                f"roundPolicy.roundDeadlineSeconds must be above 0 and at most {ROUND_SECONDS_MAX:g}, "
-                f"got {self.round_deadline_s}"
-            )
-        if not 0.0 <= self.round_window_s <= self.round_deadline_s:
-            raise ValueError(
-                f"roundPolicy.roundWindowSeconds must be 0..roundDeadlineSeconds "
-                f"({self.round_deadline_s:g}), got {self.round_window_s}"
-            )
-
-
-def policy_from_json(body: dict[str, Any] | None, default: RoundPolicy) -> RoundPolicy:
-    return default.updated(body)
-
+__all__ = ["RoundPolicy", "RoundBook"]
 
 # ---- events ----
 
@@ -191,6 +130,7 @@ class _Round:
     opened_at: float
     enrolled_at: dict[str, float] = field(default_factory=dict)  # every live cycle in it
     completed: dict[str, None] = field(default_factory=dict)  # in completion order
+    first_completed_at: float | None = None
 
     @property
     def empty(self) -> bool:
@@ -294,6 +234,8 @@ class RoundBook:
             reason, message = cycle.doom or (FailureReason.STALE_BASE, "its round is gone")
             return [Reject((cycle_id,), cycle.model, reason, message)]
         cycle.round.completed[cycle_id] = None
+        if cycle.round.first_completed_at is None:
+            cycle.round.first_completed_at = self._now
         return self._evaluate(cycle.model)
 
     def _fail(self, cycle_id: str) -> list[Decision]:
@@ -363,7 +305,10 @@ class RoundBook:
         deadline = r.opened_at + policy.round_deadline_s
         min_clients = policy.effective_min_clients(len(state.agents))
         done = len(r.completed)
-        enrolled = sum(1 for at in r.enrolled_at.values() if at <= window_end)
+        # The threshold's base: who was enrolled when the window closed, or when the first cycle
+        # completed if that was later (with no window, everyone who joined before any finished).
+        counted_until = max(window_end, r.first_completed_at if r.first_completed_at is not None else now)
+        enrolled = sum(1 for at in r.enrolled_at.values() if at <= counted_until)
         needed = max(1, min_clients, math.ceil(policy.aggregation_threshold * enrolled - 1e-9))
         if now >= window_end and done >= needed:
             return self._close(model, state, ClosedBy.THRESHOLD, enrolled, needed, min_clients)

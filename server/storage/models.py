@@ -1,13 +1,16 @@
-"""Versioned shared models: immutable, content-hashed parameter files written atomically
-(temp file, fsync, rename, fsync of the directory), indexed in SQLite with their metadata.
-A model's name fixes its signature; the current version can be rolled back by the admin."""
+"""The models and model_versions tables: versioned shared models as immutable, content-hashed
+parameter files written atomically (temp file, fsync, rename, fsync of the directory), indexed
+with their metadata. A model's name fixes its signature and round policy; the current version
+can be rolled back by the admin."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,8 +20,8 @@ import numpy as np
 
 from rootfs import models
 
-from .errors import Conflict, NotFound
-from .store import Store
+from ..errors import Conflict, NotFound
+from ..store import Store
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class ModelInfo:
     signature: models.Signature
     current_version: int
     holdout_path: str | None
+    round_policy: dict | None = None  # camelCase, as set with the model
+    created_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,17 @@ class VersionInfo:
     path: str
     metadata: dict
     created_at: float
+
+
+def unknown_model(name: str, known: list[str]) -> NotFound:
+    """A 404 naming the closest existing model, if one is close."""
+    if not known:
+        return NotFound(
+            f"no shared model named {name!r}; none exists yet (POST /v1/petals/models creates one)"
+        )
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else f"; the models are {', '.join(known[:20])}"
+    return NotFound(f"no shared model named {name!r}{hint}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,10 +102,7 @@ class ModelStore:
         return self._root / hashlib.sha256(name.encode()).hexdigest()[:24]
 
     def get(self, name: str) -> ModelInfo | None:
-        rows = self._store.query(
-            "SELECT model_name, signature, current_version, holdout_path FROM models WHERE model_name = ?",
-            (name,),
-        )
+        rows = self._store.query("SELECT * FROM models WHERE model_name = ?", (name,))
         if not rows:
             return None
         row = rows[0]
@@ -98,19 +111,51 @@ class ModelStore:
             models.Signature.from_dict(json.loads(row["signature"])),
             row["current_version"],
             row["holdout_path"],
+            json.loads(row["round_policy"]) if row["round_policy"] else None,
+            row["created_by"],
         )
 
     def require(self, name: str) -> ModelInfo:
         info = self.get(name)
         if info is None:
-            raise NotFound(f"no shared model named {name!r}; a training job creates it")
+            raise unknown_model(name, self.names())
         return info
 
-    def list_models(self) -> list[ModelInfo]:
-        rows = self._store.query("SELECT model_name FROM models ORDER BY model_name")
-        return [self.get(row["model_name"]) for row in rows]
+    def names(self) -> list[str]:
+        return [
+            row["model_name"]
+            for row in self._store.query("SELECT model_name FROM models ORDER BY model_name")
+        ]
 
-    def ensure(self, name: str, signature: models.Signature) -> tuple[ModelInfo, bool]:
+    def list_models(self) -> list[ModelInfo]:
+        return [info for info in map(self.get, self.names()) if info is not None]
+
+    def summaries(self) -> list[dict]:
+        """Each model's name, current version and number of versions (for the admin's status)."""
+        rows = self._store.query(
+            "SELECT m.model_name, m.current_version, (SELECT COUNT(*) FROM model_versions v"
+            " WHERE v.model_name = m.model_name) AS versions FROM models m ORDER BY m.model_name"
+        )
+        return [
+            {"modelType": r["model_name"], "currentVersion": r["current_version"], "versions": r["versions"]}
+            for r in rows
+        ]
+
+    def delete(self, name: str) -> None:
+        """The model, its versions and their files go; the consensus history keeps its entries."""
+        self.require(name)
+        with self._store.transaction() as conn:
+            conn.execute("DELETE FROM model_versions WHERE model_name = ?", (name,))
+            conn.execute("DELETE FROM models WHERE model_name = ?", (name,))
+        shutil.rmtree(self._dir(name), ignore_errors=True)
+
+    def ensure(
+        self,
+        name: str,
+        signature: models.Signature,
+        round_policy: dict | None = None,
+        created_by: str | None = None,
+    ) -> tuple[ModelInfo, bool]:
         """The model, created at version 0 (deterministic parameters) if it is new.
         A different signature for an existing name is a Conflict naming what differs."""
         existing = self.get(name)
@@ -129,13 +174,14 @@ class ModelStore:
         write_atomically(path, data)
         now = time.time()
         metadata = {"version": 0, "parentVersion": None, "aggregationMethod": None, "participants": [],
-                    "timestamp": now, "sha256": digest, "metrics": {}, "signature": signature.as_dict()}  # fmt: skip
+                    "timestamp": now, "sha256": digest, "metrics": {}, "signature": signature.as_dict(),
+                    "roundPolicy": round_policy}  # fmt: skip
         try:
             with self._store.transaction() as conn:
                 conn.execute(
-                    "INSERT INTO models(model_name, signature, current_version, created_at, updated_at)"
-                    " VALUES(?, ?, 0, ?, ?)",
-                    (name, json.dumps(signature.as_dict()), now, now),
+                    "INSERT INTO models(model_name, signature, current_version, created_at, updated_at,"
+                    " round_policy, created_by) VALUES(?, ?, 0, ?, ?, ?, ?)",
+                    (name, json.dumps(signature.as_dict()), now, now, json.dumps(round_policy), created_by),
                 )
                 conn.execute(
                     "INSERT INTO model_versions(model_name, version, parent_version, sha256, path, metadata,"
@@ -146,7 +192,7 @@ class ModelStore:
             # Another request created it first: compare against the winner.
             if self.get(name) is None:
                 raise
-            return self.ensure(name, signature)
+            return self.ensure(name, signature, round_policy, created_by)
         return self.get(name), True
 
     def version(self, name: str, version: int | None = None) -> VersionInfo:

@@ -1,0 +1,99 @@
+"""Shared models defined explicitly (POST /v1/petals/models): a signature, version 0 and a round
+policy; listed with the policy in force; deleted by the admin once no cycle is in flight (the
+consensus history keeps every entry). Each change is announced to the round book as an event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from ..config import Settings
+from ..errors import BadRequest, Conflict
+from ..storage import cycles as cycle_rows
+from ..storage.models import ModelInfo, ModelStore
+from ..store import Store
+from . import jobs, rounds
+from .policy import RoundPolicy
+
+
+def default_policy(settings: Settings) -> RoundPolicy:
+    return RoundPolicy(
+        min_clients=settings.petals_min_clients,
+        round_window_s=settings.petals_round_window_s,
+        aggregation_threshold=settings.aggregation_threshold,
+        round_deadline_s=settings.petals_round_deadline_s,
+        allow_partial=settings.petals_allow_partial,
+    )
+
+
+def policy_of(settings: Settings, info: ModelInfo) -> RoundPolicy:
+    """The model's policy in force: what it was defined with over the service's defaults."""
+    return default_policy(settings).updated(info.round_policy)
+
+
+class ModelCatalog:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        models: ModelStore,
+        post: Callable[[rounds.Event], None],
+        audit=None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.models = models
+        self._post = post
+        self.audit = audit
+
+    async def create(self, created_by: str | None, body: dict) -> dict:
+        family, name = jobs.parse_model_type(body["modelType"])
+        signature = jobs.model_signature(self.settings, family, body.get("modelConfig") or {})
+        policy = dict(body.get("roundPolicy") or {})
+        try:
+            default_policy(self.settings).updated(policy)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        info, created = await asyncio.to_thread(self.models.ensure, name, signature, policy, created_by)
+        if not created:
+            raise Conflict(f"model {name!r} already exists", details={"model": self.view(info)})
+        await self.announce(info, created_by)
+        return self.view(info)
+
+    async def announce(self, info: ModelInfo, created_by: str | None) -> None:
+        policy = policy_of(self.settings, info)
+        self._post(rounds.ModelAdded(info.name, info.current_version, policy))
+        if self.audit is not None:
+            body = {"signature": info.signature.as_dict(), "version": 0, "roundPolicy": policy.as_json(),
+                    "createdBy": created_by}  # fmt: skip
+            await self.audit.append("model_created", info.name, body)
+
+    def view(self, info: ModelInfo, viewer: str | None = None) -> dict:
+        """The model as `viewer` (None: the admin) sees it: who defined it only for the admin or
+        the author itself."""
+        return {
+            "modelType": info.name,
+            "signature": info.signature.as_dict(),
+            "currentVersion": info.current_version,
+            "roundPolicy": policy_of(self.settings, info).as_json(),
+            "createdBy": info.created_by if viewer is None or viewer == info.created_by else None,
+        }
+
+    async def list(self, viewer: str | None = None) -> dict:
+        infos = await asyncio.to_thread(self.models.list_models)
+        return {"models": [self.view(i, viewer) for i in infos], "count": len(infos)}
+
+    async def delete(self, name: str, in_flight: int, aggregating: bool) -> dict:
+        info = await asyncio.to_thread(self.models.require, name)
+        active = await asyncio.to_thread(cycle_rows.count_active, self.store, name)
+        if in_flight or active or aggregating:
+            raise Conflict(
+                f"model {name!r} has {max(in_flight, active)} cycles in flight or a round aggregating; "
+                "delete it once they end"
+            )
+        await asyncio.to_thread(self.models.delete, name)
+        self._post(rounds.ModelRemoved(name, time.monotonic()))
+        if self.audit is not None:
+            await self.audit.append("model_deleted", name, {"currentVersion": info.current_version})
+        return {**self.view(info), "deleted": True}

@@ -1,0 +1,84 @@
+"""Reading the shared model: its parameters and metadata as JSON, as an ONNX graph, its
+versions, predictions through onnxruntime; and the hold-out set validators evaluate on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from ..errors import BadRequest
+from ..onnx_export import OnnxRunner, to_onnx
+from ..storage.models import ModelStore
+from .jobs import check_batch
+
+
+def visible_metadata(metadata: dict, viewer: str | None) -> dict:
+    """A version's metadata as `viewer` (None: the admin) may see it: another agent's id in the
+    participants is left out, as everywhere else an agent reads."""
+    if viewer is None or not metadata.get("participants"):
+        return metadata
+    participants = [
+        p if p.get("agentId") == viewer else {k: v for k, v in p.items() if k != "agentId"}
+        for p in metadata["participants"]
+    ]
+    return {**metadata, "participants": participants}
+
+
+class SharedModels:
+    def __init__(self, models: ModelStore, audit=None) -> None:
+        self.models = models
+        self.audit = audit
+        self.onnx = OnnxRunner()
+
+    async def shared_model(self, model_name: str, version: int | None, viewer: str | None = None) -> dict:
+        info = await asyncio.to_thread(self.models.require, model_name)
+        version_info = await asyncio.to_thread(self.models.version, model_name, version)
+        params = await asyncio.to_thread(self.models.load, version_info)
+        return {
+            "modelType": model_name,
+            "version": version_info.version,
+            "currentVersion": info.current_version,
+            "signature": info.signature.as_dict(),
+            "metadata": visible_metadata(version_info.metadata, viewer),
+            "parameters": {
+                name: {"shape": list(v.shape), "values": v.ravel().tolist()} for name, v in params.items()
+            },
+        }
+
+    async def shared_model_onnx(self, model_name: str, version: int | None) -> bytes:
+        info = await asyncio.to_thread(self.models.require, model_name)
+        version_info = await asyncio.to_thread(self.models.version, model_name, version)
+        params = await asyncio.to_thread(self.models.load, version_info)
+        return await asyncio.to_thread(to_onnx, info.signature, params, model_name, version_info.version)
+
+    async def versions(self, model_name: str, viewer: str | None = None) -> dict:
+        info = await asyncio.to_thread(self.models.require, model_name)
+        versions = await asyncio.to_thread(self.models.versions, model_name)
+        return {"modelType": model_name, "currentVersion": info.current_version,
+                "versions": [visible_metadata(v.metadata, viewer) for v in versions]}  # fmt: skip
+
+    async def predict(self, model_name: str, inputs: list, version: int | None = None) -> dict:
+        info = await asyncio.to_thread(self.models.require, model_name)
+        width = info.signature.input_dim
+        for index, row in enumerate(inputs):
+            if len(row) != width:
+                raise BadRequest(
+                    f"inputs[{index}] must hold {width} numbers (the model's inputDim), got {len(row)}"
+                )
+        x = np.asarray(inputs, dtype=np.float64)
+        if not np.isfinite(x).all() or np.abs(x).max(initial=0) > 3.0e38:
+            raise BadRequest("inputs must be finite float32 numbers")
+        version_info = await asyncio.to_thread(self.models.version, model_name, version)
+        model = await self.shared_model_onnx(model_name, version_info.version)
+        outputs = await asyncio.to_thread(self.onnx.run, version_info.sha256, model, x.astype(np.float32))
+        return {"modelType": model_name, "version": version_info.version, "outputs": outputs.tolist(),
+                "provider": self.onnx.provider}  # fmt: skip
+
+    async def register_holdout(self, model_name: str, items: list) -> dict:
+        info = await asyncio.to_thread(self.models.require, model_name)
+        x, y = await asyncio.to_thread(check_batch, info.signature, items)
+        await asyncio.to_thread(self.models.set_holdout, model_name, x, y)
+        if self.audit is not None:
+            await self.audit.append("holdout_registered", model_name, {"samples": len(items)})
+        return {"modelType": model_name, "samples": len(items)}
