@@ -28,6 +28,7 @@ from .config import Settings
 from .errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from .staging import learn_binds, write_inputs
 from .store import Store
+from .vocabulary import camel_keys
 
 log = logging.getLogger("wondercraft.sandboxes")
 
@@ -63,12 +64,6 @@ def resource_usage(usage: dict) -> dict:
     }
 
 
-def camel_key(name: str) -> str:
-    """`memory_mb` -> `memoryMB`, `cpu_cores` -> `cpuCores`: the API's spelling of a runtime name."""
-    head, *rest = name.split("_")
-    return head + "".join("MB" if part == "mb" else part.capitalize() for part in rest)
-
-
 def final_record(record: dict) -> dict:
     """The runtime's record of a destroyed sandbox in the API's camelCase."""
     return {
@@ -76,7 +71,7 @@ def final_record(record: dict) -> dict:
         "wallSeconds": record.get("wall_s"),
         "executions": record.get("executions"),
         "resourceUsage": resource_usage({"cgroup": record.get("cgroup", {})}),
-        "limits": {camel_key(k): v for k, v in (record.get("limits") or {}).items()},
+        "limits": camel_keys(record.get("limits") or {}),
     }
 
 

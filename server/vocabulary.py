@@ -96,6 +96,24 @@ class SandboxStatus(StrEnum):
     DEAD = "dead"
 
 
+# ---- JSON spelling ----
+
+
+def camel_key(name: str) -> str:
+    """`memory_mb` -> `memoryMB`, `duration_ms` -> `durationMs`: a Python name as the API spells it."""
+    head, *rest = name.split("_")
+    return head + "".join("MB" if part == "mb" else part.capitalize() for part in rest)
+
+
+def camel_keys(value):
+    """A JSON-ready value with every object key in camelCase (records from runtime and kernels)."""
+    if isinstance(value, dict):
+        return {camel_key(k) if isinstance(k, str) else k: camel_keys(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [camel_keys(v) for v in value]
+    return value
+
+
 # ---- ids and names ----
 # Ids travel in URLs and may end up in file or cgroup names: no '/', no leading '.', no ':'.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

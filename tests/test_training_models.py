@@ -138,7 +138,8 @@ def test_sequential_jobs_of_three_agents_make_one_version_with_three_participant
     latest = versions["versions"][-1]
     assert len(latest["participants"]) == 3
     assert latest["round"]["roundPolicy"]["minClients"] == 3 and latest["round"]["closedBy"] == "threshold"
-    assert versions["versions"][0]["roundPolicy"] == {"minClients": 3}  # as defined
+    defined = versions["versions"][0]["roundPolicy"]  # as defined, defaults filled in
+    assert defined["minClients"] == 3 and defined["roundDeadlineSeconds"] == 300
     (proposal,) = [e for e in history(service, name) if e["kind"] == "round_proposal"]
     assert proposal["body"]["roundPolicy"]["minClients"] == 3 and proposal["body"]["enrolled"] >= 1
 

@@ -14,7 +14,7 @@ import aggregation
 
 from .. import consensus
 from ..storage.cycles import Cycle
-from ..vocabulary import CycleStatus, RoundOutcome
+from ..vocabulary import CycleStatus, RoundOutcome, camel_keys
 from .rounds import Close
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ async def aggregate_round(service: TrainingService, close: Close, members: list[
             aggregation.aggregate, [c.deltas for c in members], [c.num_samples for c in members], method,
             client_ids=ids,
         )  # fmt: skip
-        delta, refusal, metadata = dict(aggregated), None, aggregated.metadata.to_dict()
+        delta, refusal, metadata = dict(aggregated), None, camel_keys(aggregated.metadata.to_dict())
     except aggregation.AggregationError as exc:
         delta, refusal, metadata = None, f"aggregation refused the updates: {exc}", {"method": method}
     candidate = consensus.Candidate(info.name, info.signature, close.base_version, base, delta, refusal)

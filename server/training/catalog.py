@@ -50,9 +50,9 @@ class ModelCatalog:
     async def create(self, created_by: str | None, body: dict) -> dict:
         family, name = jobs.parse_model_type(body["modelType"])
         signature = jobs.model_signature(self.settings, family, body.get("modelConfig") or {})
-        policy = dict(body.get("roundPolicy") or {})
         try:
-            default_policy(self.settings).updated(policy)
+            # Fixed when the model is defined: later changes of the service's defaults leave it be.
+            policy = default_policy(self.settings).updated(body.get("roundPolicy")).as_json()
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         info, created = await asyncio.to_thread(self.models.ensure, name, signature, policy, created_by)
