@@ -1,5 +1,5 @@
 """The /v1 API assembled from each area's route table. To add endpoints: put their body
-schemas in schemas.py, declare each handler with `@ROUTES.operation(...)` in an api_<area>.py
+schemas in server/schemas/ (the area's module), declare each handler with `@ROUTES.operation(...)` in an api_<area>.py
 module, and list that module's ROUTES in TABLES below; route, validation and document follow."""
 
 from __future__ import annotations

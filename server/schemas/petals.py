@@ -1,0 +1,235 @@
+"""Schemas of the training API: models and their round policies, jobs, cycles, the shared
+model, predictions, hold-out sets and rollbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import vocabulary as words
+from .base import NON_NEGATIVE_INT, SHA256_PATTERN, listing, nullable, ref
+from .sandboxes import _CPU, _MEMORY, _NULLABLE_INT
+
+CYCLE_STATUSES = [str(s) for s in words.CycleStatus]
+_MODEL_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "inputDim": {"type": "integer", "minimum": 1, "maximum": 65536},
+        "numClasses": {"type": "integer", "minimum": 1, "maximum": 10000},
+        "hidden": {
+            "type": "array",
+            "maxItems": 16,
+            "items": {"type": "integer", "minimum": 1, "maximum": 65536},
+        },
+    },
+}
+_ROUND_POLICY = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "When a round of this model closes; fields left out take the service's defaults",
+    "properties": {
+        "minClients": {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": words.MIN_CLIENTS_MAX}, {"type": "null"}],
+            "description": "Fewest completed cycles a round closes with (null: 2 once two agents train the model)",
+        },
+        "roundWindowSeconds": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": words.ROUND_SECONDS_MAX,
+            "description": "How long a round stays open for participants after its first enrolment",
+        },
+        "aggregationThreshold": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "Share of the clients enrolled when the window closed that must complete",
+        },
+        "roundDeadlineSeconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": words.ROUND_SECONDS_MAX,
+            "description": "A round closes (or expires, below minClients) this long after it opened",
+        },
+        "allowPartial": {
+            "type": "boolean",
+            "description": "At the deadline, close below minClients rather than expire",
+        },
+    },
+}
+
+_TRAINING_PROPERTIES = {
+    "agentId": ref("AgentId"),
+    "dataBatch": {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 100000,
+        "items": {
+            "type": "object",
+            "required": ["x", "y"],
+            "additionalProperties": False,
+            "properties": {
+                "x": {"type": "array", "minItems": 1, "maxItems": 65536, "items": {"type": "number"}},
+                "y": {"type": "number"},
+            },
+        },
+    },
+    "modelType": ref("ModelName"),
+    "trainingParams": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "learningRate": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+            "batchSize": {"type": "integer", "minimum": 1, "maximum": 65536},
+            "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+    },
+    "modelConfig": _MODEL_CONFIG,
+    "resourceCaps": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"cpu": _CPU, "memory": _MEMORY},
+    },
+    "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+}
+
+
+PETALS: dict[str, dict[str, Any]] = {
+    "PetalTrainingRequest": {
+        "type": "object",
+        "required": ["dataBatch", "modelType"],
+        "additionalProperties": False,
+        "properties": _TRAINING_PROPERTIES,
+    },
+    "RoundPolicy": _ROUND_POLICY,
+    "ModelCreateRequest": {
+        "type": "object",
+        "required": ["modelType", "modelConfig"],
+        "additionalProperties": False,
+        "properties": {
+            "modelType": ref("ModelName"),
+            "modelConfig": _MODEL_CONFIG,
+            "roundPolicy": ref("RoundPolicy"),
+        },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["modelType", "signature", "currentVersion", "roundPolicy", "createdBy"],
+        "additionalProperties": False,
+        "properties": {
+            "modelType": ref("ModelName"),
+            "signature": {"type": "object"},
+            "currentVersion": NON_NEGATIVE_INT,
+            "roundPolicy": {
+                **_ROUND_POLICY,
+                "required": list(_ROUND_POLICY["properties"]),
+                "description": "The policy in force, defaults filled in",
+            },
+            "createdBy": nullable(ref("AgentId")),
+            "deleted": {"const": True},
+        },
+    },
+    "ModelList": listing("models", "Model"),
+    "TrainAccepted": {
+        "type": "object",
+        "required": ["cycleId", "status", "baseVersion"],
+        "additionalProperties": False,
+        "properties": {
+            "cycleId": ref("CycleId"),
+            "status": {"enum": ["queued"]},
+            "baseVersion": NON_NEGATIVE_INT,
+        },
+    },
+    "CycleStatus": {
+        "type": "object",
+        "required": ["cycleId", "agentId", "modelType", "status", "attempts", "baseVersion", "progress"],
+        "properties": {
+            "cycleId": ref("CycleId"),
+            "agentId": ref("AgentId"),
+            "modelType": ref("ModelName"),
+            "status": {"enum": CYCLE_STATUSES},
+            "attempts": NON_NEGATIVE_INT,
+            "sandboxId": {"anyOf": [ref("SandboxId"), {"type": "null"}]},
+            "baseVersion": NON_NEGATIVE_INT,
+            "resultVersion": _NULLABLE_INT,
+            "progress": {"type": "object"},
+            "result": {"type": "object"},
+            "error": {"type": "object"},
+        },
+    },
+    "SharedModel": {
+        "type": "object",
+        "required": ["modelType", "version", "currentVersion", "signature", "metadata", "parameters"],
+        "properties": {
+            "modelType": ref("ModelName"),
+            "version": NON_NEGATIVE_INT,
+            "currentVersion": NON_NEGATIVE_INT,
+            "signature": {"type": "object"},
+            "metadata": {"type": "object"},
+            "parameters": {"type": "object"},
+        },
+    },
+    "PredictRequest": {
+        "type": "object",
+        "required": ["modelType", "inputs"],
+        "additionalProperties": False,
+        "properties": {
+            "modelType": ref("ModelName"),
+            "version": NON_NEGATIVE_INT,
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 10000,
+                "items": {"type": "array", "minItems": 1, "maxItems": 65536, "items": {"type": "number"}},
+            },
+        },
+    },
+    "PredictResult": {
+        "type": "object",
+        "required": ["modelType", "version", "outputs", "provider"],
+        "additionalProperties": False,
+        "properties": {
+            "modelType": ref("ModelName"),
+            "version": NON_NEGATIVE_INT,
+            "outputs": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "provider": {"type": "string"},
+        },
+    },
+    "ValidationSetRequest": {
+        "type": "object",
+        "required": ["modelType", "dataBatch"],
+        "additionalProperties": False,
+        "properties": {"modelType": ref("ModelName"), "dataBatch": _TRAINING_PROPERTIES["dataBatch"]},
+    },
+    "ValidationSetRegistered": {
+        "type": "object",
+        "required": ["modelType", "samples"],
+        "additionalProperties": False,
+        "properties": {"modelType": ref("ModelName"), "samples": NON_NEGATIVE_INT},
+    },
+    "RollbackRequest": {
+        "type": "object",
+        "required": ["modelType", "version"],
+        "additionalProperties": False,
+        "properties": {"modelType": ref("ModelName"), "version": NON_NEGATIVE_INT},
+    },
+    "RollbackResult": {
+        "type": "object",
+        "required": ["modelType", "currentVersion", "sha256"],
+        "additionalProperties": False,
+        "properties": {
+            "modelType": ref("ModelName"),
+            "currentVersion": NON_NEGATIVE_INT,
+            "sha256": {"type": "string", "pattern": SHA256_PATTERN},
+        },
+    },
+    "ModelVersions": {
+        "type": "object",
+        "required": ["modelType", "currentVersion", "versions"],
+        "additionalProperties": False,
+        "properties": {
+            "modelType": ref("ModelName"),
+            "currentVersion": NON_NEGATIVE_INT,
+            "versions": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+}
