@@ -115,6 +115,21 @@ def test_below_min_clients_the_deadline_expires_the_round_unless_partial_is_allo
     assert close.closed_by == ClosedBy.PARTIAL and close.members == ("c0",)
 
 
+def test_an_expiring_round_carries_its_running_cycles_over_to_a_new_round():
+    book = book_with(RoundPolicy(min_clients=2, round_deadline_s=10.0))
+    book.handle(Enrolled("c0", "mlp:m", 0, "a", 0.0))
+    book.handle(Enrolled("c1", "mlp:m", 0, "b", 0.0))
+    book.handle(Completed("c0", 1.0))
+    (reject,) = book.handle(Deadline("mlp:m", 10.0))
+    assert reject.cycle_ids == ("c0",) and reject.reason == FailureReason.ROUND_EXPIRED
+    ((_, round_id, deadline),) = book.open_rounds()
+    assert deadline == 20.0  # c1's new round, opened at the expiry
+    book.handle(Enrolled("c2", "mlp:m", 0, "c", 11.0))
+    book.handle(Completed("c1", 12.0))
+    (close,) = closes(book.handle(Completed("c2", 13.0)))
+    assert close.round_id == round_id and close.members == ("c1", "c2")
+
+
 def test_the_deadline_waives_the_threshold_but_not_min_clients():
     book = book_with(RoundPolicy(min_clients=2, aggregation_threshold=1.0, round_deadline_s=10.0))
     for index in range(4):

@@ -8,8 +8,9 @@ open for participants for `roundWindowSeconds`; then it closes once `max(minClie
 ceil(aggregationThreshold x clients enrolled when the window closed))` cycles have completed
 (enrolled by the round's first completion count too, when that comes after the window).
 At `roundDeadlineSeconds` it closes with what it has if that is at least minClients, or at
-least one cycle with `allowPartial`; otherwise it expires and its cycles are rejected. While a
-model aggregates, its next round fills but waits: it shares the base being replaced."""
+least one cycle with `allowPartial`; otherwise it expires: its completed cycles are rejected,
+and those still running carry over to a new round. While a model aggregates, its next round
+fills but waits: it shares the base being replaced."""
 
 from __future__ import annotations
 
@@ -317,12 +318,11 @@ class RoundBook:
                 return self._close(model, state, ClosedBy.DEADLINE, enrolled, needed, min_clients)
             if policy.allow_partial and done >= 1:
                 return self._close(model, state, ClosedBy.PARTIAL, enrolled, needed, min_clients)
-            state.open = None
             message = (
                 f"the round's deadline ({policy.round_deadline_s:g} s) passed with {done} of the "
                 f"{min_clients} clients its policy needs (minClients) and allowPartial false"
             )
-            return self._dissolve(model, r, (FailureReason.ROUND_EXPIRED, message))
+            return self._expire(model, state, message)
         wake = window_end if now < window_end else deadline
         return [Wake(model, wake)]
 
@@ -332,20 +332,34 @@ class RoundBook:
         r = state.open
         assert r is not None
         members = tuple(r.completed)
-        state.closing, state.open = r, None
-        # Cycles still running carry over to the next round: same base, not yet members anywhere.
-        late = [c for c in r.enrolled_at if c not in r.completed]
-        for cycle_id in late:
-            del r.enrolled_at[cycle_id]
-        if late:
-            state.open = self._new_round(model, state)
-            for cycle_id in late:
-                state.open.enrolled_at[cycle_id] = self._now
-                self._cycles[cycle_id].round = state.open
+        state.closing = r
+        self._carry_over(model, state, r)
         return [
             Close(r.round_id, model, r.base_version, members, enrolled, needed, min_clients, closed_by,
                   state.policy)
         ]  # fmt: skip
+
+    def _expire(self, model: str, state: _Model, message: str) -> list[Decision]:
+        """The round ends without a version: its completed cycles are rejected; those still
+        running carry over (their base is still current) to a round of their own."""
+        r = state.open
+        assert r is not None
+        completed = tuple(r.completed)
+        for cycle_id in completed:
+            del self._cycles[cycle_id]
+            del r.enrolled_at[cycle_id]
+        self._carry_over(model, state, r)
+        return [Reject(completed, model, FailureReason.ROUND_EXPIRED, message)] if completed else []
+
+    def _carry_over(self, model: str, state: _Model, r: _Round) -> None:
+        """Cycles of `r` still running move to a new open round: same base, members nowhere yet."""
+        late = [c for c in r.enrolled_at if c not in r.completed]
+        for cycle_id in late:
+            del r.enrolled_at[cycle_id]
+        state.open = self._new_round(model, state) if late else None
+        for cycle_id in late:
+            state.open.enrolled_at[cycle_id] = self._now
+            self._cycles[cycle_id].round = state.open
 
     def _new_round(self, model: str, state: _Model) -> _Round:
         state.rounds += 1

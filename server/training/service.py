@@ -104,8 +104,12 @@ class TrainingService:
         await self.scheduler.stop(grace_s)
         for timer in self._wakes.values():
             timer.cancel()
+        # What the last cycles reported is applied first: their round may still close and commit.
+        drained_by = time.monotonic() + max(1.0, grace_s)
+        while not self._events.empty() and time.monotonic() < drained_by:
+            await asyncio.sleep(0.01)
         if self._aggregations:
-            await asyncio.wait(self._aggregations, timeout=grace_s)
+            await asyncio.wait(self._aggregations, timeout=max(1.0, grace_s))
         if self._consumer is not None:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
