@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from .context import Ctl, command
 from .output import duration, number, pairs
 
@@ -44,6 +46,13 @@ def admission_line(admission: dict) -> str:
     committed = admission.get("committed") or {}
     names = sorted(set(budget) | set(committed))
     return (
-        ", ".join(f"{name} {number(committed.get(name))} of {number(budget.get(name))}" for name in names)
+        ", ".join(f"{name} {_amount(committed.get(name))} of {_amount(budget.get(name))}" for name in names)
         or "-"
     )
+
+
+def _amount(value: object) -> str:
+    # Numbers as the other counts are shown; anything else a newer service sends, as it is.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return number(value)
+    return "-" if value is None else json.dumps(value, sort_keys=True)

@@ -52,25 +52,25 @@ class Metric:
 
     kind: type  # Counter, Gauge or Histogram
     name: str
-    help: str
+    description: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] | None = None
 
     def make(self, registry: CollectorRegistry):
         extra = {"buckets": self.buckets} if self.buckets is not None else {}
-        return self.kind(self.name, self.help, self.labels, registry=registry, **extra)
+        return self.kind(self.name, self.description, self.labels, registry=registry, **extra)
 
 
-def counter(name: str, help: str, *labels: str) -> Metric:
-    return Metric(Counter, name, help, labels)
+def counter(name: str, description: str, *labels: str) -> Metric:
+    return Metric(Counter, name, description, labels)
 
 
-def gauge(name: str, help: str, *labels: str) -> Metric:
-    return Metric(Gauge, name, help, labels)
+def gauge(name: str, description: str, *labels: str) -> Metric:
+    return Metric(Gauge, name, description, labels)
 
 
-def histogram(name: str, help: str, buckets: tuple[float, ...], *labels: str) -> Metric:
-    return Metric(Histogram, name, help, labels, buckets)
+def histogram(name: str, description: str, buckets: tuple[float, ...], *labels: str) -> Metric:
+    return Metric(Histogram, name, description, labels, buckets)
 
 
 # Metrics attribute -> declaration. Adding a metric is adding one entry; names carry their units.
