@@ -62,3 +62,10 @@ def command(group: click.Group | None = None, name: str | None = None, **setting
         return make(name, **settings)(function)
 
     return decorate
+
+
+def seconds_option(
+    name: str, dest: str, default: float, help: str, low: float = 0.1, high: float | None = None
+):
+    """An option that takes a number of seconds, at least `low` (and at most `high`)."""
+    return click.option(name, dest, default=default, type=click.FloatRange(low, high), help=help)

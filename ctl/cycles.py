@@ -9,7 +9,7 @@ import time
 import click
 
 from .client import EXIT_VERDICT, CtlError, Verdict, quote
-from .context import Ctl, command
+from .context import Ctl, command, seconds_option
 from .output import json_line, number, pairs, table, when
 
 CYCLE_STATES = ("queued", "running", "retrying", "completed", "failed", "aggregated")
@@ -111,14 +111,8 @@ def _outcome(cycle: dict) -> str:
 
 @command(cycles, "watch")
 @click.argument("cycle_id")
-@click.option("--interval", "interval_s", default=0.5, type=click.FloatRange(0.05, 60))
-@click.option(
-    "--wait",
-    "wait_s",
-    default=3600.0,
-    type=click.FloatRange(min=0.1),
-    help="Give up after this many seconds (exit 1).",
-)
+@seconds_option("--interval", "interval_s", 0.5, "Seconds between two looks at the cycle.", 0.05, 60)
+@seconds_option("--wait", "wait_s", 3600.0, "Give up after this many seconds (exit 1).")
 def cycles_watch(ctl: Ctl, cycle_id: str, interval_s: float, wait_s: float) -> None:
     """Follow a cycle: a progress bar of epochs with the current loss, ending with the result.
 

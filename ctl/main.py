@@ -24,7 +24,7 @@ from . import (
     telemetry,
 )
 from .client import DEFAULT_URL, EXIT_INTERRUPTED, EXIT_OK, SERVICE_STATE_DIR, Verdict, default_state_dir
-from .context import Ctl
+from .context import Ctl, seconds_option
 
 
 @click.group(
@@ -49,13 +49,7 @@ from .context import Ctl
     help="A local service's state dir, for its admin.token (env WONDERCRAFT_STATE_DIR; default ./var, "
     f"else the unit's {SERVICE_STATE_DIR} when only it has a token).",
 )
-@click.option(
-    "--timeout",
-    "timeout_s",
-    default=30.0,
-    type=click.FloatRange(min=0.1),
-    help="Seconds to wait for each answer.",
-)
+@seconds_option("--timeout", "timeout_s", 30.0, "Seconds to wait for each answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
 @click.pass_context
 def cli(
