@@ -42,6 +42,7 @@ setup(
         "server",
         "aggregation",
         "rootfs",
+        "ctl",
     ],
     package_data={
         "native": ["wc-init.c"],
@@ -80,7 +81,7 @@ setup(
     entry_points={
         "console_scripts": [
             "wondercraft=server.cli:main",
-            "wondercraft-ctl=server.ctl:main",
+            "wondercraft-ctl=ctl.main:main",
         ],
     },
 )

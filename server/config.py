@@ -7,61 +7,11 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-
-
-@dataclass(frozen=True)
-class ResourceLimits:
-    """The most a single sandbox may ask for (the scaling JSON's resourceLimits)."""
-
-    cpu_cores: float = 4.0
-    memory_mb: int = 8192
-    gpu_count: int = 1
-
-
-@dataclass(frozen=True)
-class Settings:
-    max_concurrent_cycles: int = 10
-    default_learning_rate: float = 0.001
-    default_batch_size: int = 32
-    default_epochs: int = 10
-    sandbox_default_cpu_cores: float = 2.0
-    sandbox_default_memory_mb: int = 4096
-    sandbox_max_lifetime_s: int = 3600
-    sandbox_cleanup_interval_s: int = 300
-    telemetry_retention_days: int = 7
-    telemetry_batch_size: int = 100
-    telemetry_flush_interval_s: float = 60.0
-    resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
-    aggregation_threshold: float = 0.67
-    consensus_required: bool = True
-    admin_token: str | None = None
-    # Beyond the seed: operational knobs with conservative defaults.
-    petals_max_queue_depth: int = 1000
-    petals_max_retries: int = 3
-    petals_retry_base_delay_s: float = 1.0
-    petals_round_deadline_s: float = 300.0
-    # Round policy defaults for models defined without one (None: 2 once two agents train it).
-    petals_min_clients: int | None = None
-    petals_round_window_s: float = 0.0
-    petals_allow_partial: bool = False
-    # The seed's flow: the first job for an unknown modelType creates it.
-    auto_create_models: bool = False
-    petals_max_model_parameters: int = 20_000_000
-    sandbox_default_storage_mb: int = 512
-    sandbox_default_pids: int = 256
-    sandbox_output_limit_bytes: int = 1 << 20
-    shutdown_grace_s: float = 30.0
-    rootfs_image: str | None = None
-    aggregation_method: str = "fedavg"
-    max_update_norm: float = 1000.0
-    validation_tolerance: float = 0.02
-    learn_command: tuple[str, ...] = ("python", "/opt/wondercraft/learn_cycle.py")
-
 
 # ---- value parsers: each returns the parsed value or raises ValueError(expected) ----
 
@@ -153,66 +103,146 @@ def _token(raw: Any) -> str:
     return raw
 
 
-# Environment variable -> (Settings field, parser). Documented in README's configuration table.
-ENVIRONMENT: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "PETALS_MAX_CONCURRENT_CYCLES": ("max_concurrent_cycles", _int_between(1, 1024)),
-    "PETALS_DEFAULT_LEARNING_RATE": ("default_learning_rate", _number_between(0.0, 10.0)),
-    "PETALS_DEFAULT_BATCH_SIZE": ("default_batch_size", _int_between(1, 65536)),
-    "PETALS_DEFAULT_EPOCHS": ("default_epochs", _int_between(1, 10000)),
-    "SANDBOX_DEFAULT_CPU": ("sandbox_default_cpu_cores", _number_between(0.0, 1024.0)),
-    "SANDBOX_DEFAULT_MEMORY": ("sandbox_default_memory_mb", _int_between(16, 262144)),
-    "SANDBOX_MAX_LIFETIME": ("sandbox_max_lifetime_s", _int_between(1, 604800)),
-    "SANDBOX_CLEANUP_INTERVAL": ("sandbox_cleanup_interval_s", _int_between(1, 86400)),
-    "TELEMETRY_RETENTION_DAYS": ("telemetry_retention_days", _int_between(1, 3650)),
-    "TELEMETRY_BATCH_SIZE": ("telemetry_batch_size", _int_between(1, 100000)),
-    "TELEMETRY_FLUSH_INTERVAL": ("telemetry_flush_interval_s", _number_between(0.0, 86400.0)),
-    "WONDERCRAFT_ADMIN_TOKEN": ("admin_token", _token),
-    "PETALS_MAX_QUEUE_DEPTH": ("petals_max_queue_depth", _int_between(1, 1000000)),
-    "PETALS_MAX_RETRIES": ("petals_max_retries", _int_between(0, 100)),
-    "PETALS_RETRY_BASE_DELAY": ("petals_retry_base_delay_s", _number_between(0.0, 3600.0)),
-    "PETALS_ROUND_DEADLINE": ("petals_round_deadline_s", _number_between(0.0, 86400.0)),
-    "PETALS_MIN_CLIENTS": ("petals_min_clients", _int_between(1, 10000)),
-    "PETALS_ROUND_WINDOW": ("petals_round_window_s", _number_between(0.0, 86400.0, lo_open=False)),
-    "PETALS_ALLOW_PARTIAL": ("petals_allow_partial", _boolean),
-    "PETALS_AUTO_CREATE_MODELS": ("auto_create_models", _boolean),
-    "PETALS_MAX_MODEL_PARAMETERS": ("petals_max_model_parameters", _int_between(1, 2_000_000_000)),
-    "SANDBOX_DEFAULT_STORAGE": ("sandbox_default_storage_mb", _int_between(1, 1048576)),
-    "SANDBOX_DEFAULT_PIDS": ("sandbox_default_pids", _int_between(8, 65536)),
-    "SANDBOX_OUTPUT_LIMIT": ("sandbox_output_limit_bytes", _int_between(1024, 1 << 30)),
-    "WONDERCRAFT_SHUTDOWN_GRACE": ("shutdown_grace_s", _number_between(0.0, 3600.0, lo_open=False)),
-    "WONDERCRAFT_ROOTFS_IMAGE": ("rootfs_image", _path),
-}
+# ---- the settings: each declared once, with its default, its parser and where it is read ----
 
-# Scaling JSON key -> (Settings field, parser).
-CONFIG_FILE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "maxConcurrentTrainingCycles": ENVIRONMENT["PETALS_MAX_CONCURRENT_CYCLES"],
-    "maxSandboxLifetime": ENVIRONMENT["SANDBOX_MAX_LIFETIME"],
-    "aggregationThreshold": ("aggregation_threshold", _number_between(0.0, 1.0)),
-    "consensusRequired": ("consensus_required", _boolean),
-    "aggregationMethod": (
-        "aggregation_method",
-        _one_of("fedavg", "mean", "median", "trimmed_mean", "krum", "multi_krum"),
-    ),
-    "maxUpdateNorm": ("max_update_norm", _number_between(0.0, 1e12)),
-    "validationTolerance": ("validation_tolerance", _number_between(0.0, 1e6, lo_open=False)),
-    "learnCommand": ("learn_command", _argv),
-    "autoCreateModels": ENVIRONMENT["PETALS_AUTO_CREATE_MODELS"],
-    "minClients": ENVIRONMENT["PETALS_MIN_CLIENTS"],
-    "roundWindowSeconds": ENVIRONMENT["PETALS_ROUND_WINDOW"],
-    "roundDeadlineSeconds": ENVIRONMENT["PETALS_ROUND_DEADLINE"],
-    "allowPartial": ENVIRONMENT["PETALS_ALLOW_PARTIAL"],
-}
 
-RESOURCE_LIMIT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "cpu": ("cpu_cores", _number_between(0.0, 1024.0)),
-    "memory": ("memory_mb", _int_between(16, 262144)),
-    "gpu": ("gpu_count", _int_between(0, 64)),
-}
+def setting(
+    default: Any,
+    parse: Callable[[Any], Any],
+    *,
+    env: str | None = None,
+    key: str | None = None,
+    secret: bool = False,
+) -> Any:
+    """A Settings field read from the environment variable `env` and/or the scaling JSON's `key`
+    (as given), checked by `parse`; a `secret` value is never echoed in an error."""
+    return field(default=default, metadata={"parse": parse, "env": env, "key": key, "secret": secret})
+
+
+def section(kind: type, *, key: str) -> Any:
+    """A nested object of the scaling JSON (resourceLimits), itself a dataclass of settings."""
+    return field(default_factory=kind, metadata={"section": kind, "key": key})
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """The most a single sandbox may ask for (the scaling JSON's resourceLimits)."""
+
+    cpu_cores: float = setting(4.0, _number_between(0.0, 1024.0), key="cpu")
+    memory_mb: int = setting(8192, _int_between(16, 262144), key="memory")
+    gpu_count: int = setting(1, _int_between(0, 64), key="gpu")
+
+
+AGGREGATION_METHODS = ("fedavg", "mean", "median", "trimmed_mean", "krum", "multi_krum")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service; the README's configuration tables document them. Adding one
+    is adding one line here."""
+
+    # The seed's settings.
+    max_concurrent_cycles: int = setting(
+        10, _int_between(1, 1024), env="PETALS_MAX_CONCURRENT_CYCLES", key="maxConcurrentTrainingCycles"
+    )
+    default_learning_rate: float = setting(
+        0.001, _number_between(0.0, 10.0), env="PETALS_DEFAULT_LEARNING_RATE"
+    )
+    default_batch_size: int = setting(32, _int_between(1, 65536), env="PETALS_DEFAULT_BATCH_SIZE")
+    default_epochs: int = setting(10, _int_between(1, 10000), env="PETALS_DEFAULT_EPOCHS")
+    sandbox_default_cpu_cores: float = setting(2.0, _number_between(0.0, 1024.0), env="SANDBOX_DEFAULT_CPU")
+    sandbox_default_memory_mb: int = setting(4096, _int_between(16, 262144), env="SANDBOX_DEFAULT_MEMORY")
+    sandbox_max_lifetime_s: int = setting(
+        3600, _int_between(1, 604800), env="SANDBOX_MAX_LIFETIME", key="maxSandboxLifetime"
+    )
+    sandbox_cleanup_interval_s: int = setting(300, _int_between(1, 86400), env="SANDBOX_CLEANUP_INTERVAL")
+    telemetry_retention_days: int = setting(7, _int_between(1, 3650), env="TELEMETRY_RETENTION_DAYS")
+    telemetry_batch_size: int = setting(100, _int_between(1, 100000), env="TELEMETRY_BATCH_SIZE")
+    telemetry_flush_interval_s: float = setting(
+        60.0, _number_between(0.0, 86400.0), env="TELEMETRY_FLUSH_INTERVAL"
+    )
+    resource_limits: ResourceLimits = section(ResourceLimits, key="resourceLimits")
+    aggregation_threshold: float = setting(0.67, _number_between(0.0, 1.0), key="aggregationThreshold")
+    consensus_required: bool = setting(True, _boolean, key="consensusRequired")
+    admin_token: str | None = setting(None, _token, env="WONDERCRAFT_ADMIN_TOKEN", secret=True)
+    # Beyond the seed: operational knobs with conservative defaults.
+    petals_max_queue_depth: int = setting(1000, _int_between(1, 1000000), env="PETALS_MAX_QUEUE_DEPTH")
+    petals_max_retries: int = setting(3, _int_between(0, 100), env="PETALS_MAX_RETRIES")
+    petals_retry_base_delay_s: float = setting(
+        1.0, _number_between(0.0, 3600.0), env="PETALS_RETRY_BASE_DELAY"
+    )
+    # Round policy defaults for models defined without one (min clients None: 2 once two agents
+    # train the model, 1 before).
+    petals_round_deadline_s: float = setting(
+        300.0, _number_between(0.0, 86400.0), env="PETALS_ROUND_DEADLINE", key="roundDeadlineSeconds"
+    )
+    petals_round_window_s: float = setting(
+        0.0, _number_between(0.0, 86400.0, lo_open=False), env="PETALS_ROUND_WINDOW", key="roundWindowSeconds"
+    )
+    petals_min_clients: int | None = setting(
+        None, _int_between(1, 10000), env="PETALS_MIN_CLIENTS", key="minClients"
+    )
+    petals_allow_partial: bool = setting(False, _boolean, env="PETALS_ALLOW_PARTIAL", key="allowPartial")
+    # The seed's flow: the first job for an unknown modelType creates the model.
+    auto_create_models: bool = setting(
+        False, _boolean, env="PETALS_AUTO_CREATE_MODELS", key="autoCreateModels"
+    )
+    petals_max_model_parameters: int = setting(
+        20_000_000, _int_between(1, 2_000_000_000), env="PETALS_MAX_MODEL_PARAMETERS"
+    )
+    sandbox_default_storage_mb: int = setting(512, _int_between(1, 1048576), env="SANDBOX_DEFAULT_STORAGE")
+    sandbox_default_pids: int = setting(256, _int_between(8, 65536), env="SANDBOX_DEFAULT_PIDS")
+    sandbox_output_limit_bytes: int = setting(
+        1 << 20, _int_between(1024, 1 << 30), env="SANDBOX_OUTPUT_LIMIT"
+    )
+    shutdown_grace_s: float = setting(
+        30.0, _number_between(0.0, 3600.0, lo_open=False), env="WONDERCRAFT_SHUTDOWN_GRACE"
+    )
+    rootfs_image: str | None = setting(None, _path, env="WONDERCRAFT_ROOTFS_IMAGE")
+    aggregation_method: str = setting("fedavg", _one_of(*AGGREGATION_METHODS), key="aggregationMethod")
+    max_update_norm: float = setting(1000.0, _number_between(0.0, 1e12), key="maxUpdateNorm")
+    validation_tolerance: float = setting(
+        0.02, _number_between(0.0, 1e6, lo_open=False), key="validationTolerance"
+    )
+    learn_command: tuple[str, ...] = setting(
+        ("python", "/opt/wondercraft/learn_cycle.py"), _argv, key="learnCommand"
+    )
+
+
+# Environment variable -> its Settings field, read from the declarations above.
+ENVIRONMENT: dict[str, Field] = {f.metadata["env"]: f for f in fields(Settings) if f.metadata.get("env")}
 
 
 def _show(raw: Any) -> str:
     text = json.dumps(raw) if not isinstance(raw, str) else repr(raw)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _apply_object(current: Any, document: dict, source: str, path: str = "") -> Any:
+    """`current` (Settings, or the section of it at `path`, e.g. "resourceLimits") with the values
+    an object of the scaling JSON gives; `source` names the file in errors."""
+    keyed = {f.metadata["key"]: f for f in fields(current) if f.metadata.get("key")}
+    unknown = sorted(set(document) - set(keyed))
+    if unknown:
+        subject = f"{source}: {path}" if path else source
+        raise ConfigError(
+            f"{subject} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(keyed))}"
+        )
+    changes: dict[str, Any] = {}
+    for key, spec in keyed.items():
+        if key not in document:
+            continue
+        raw, dotted = document[key], f"{path}.{key}" if path else key
+        if "section" in spec.metadata:
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{source}: {dotted} must be an object")
+            changes[spec.name] = _apply_object(getattr(current, spec.name), raw, source, dotted)
+            continue
+        try:
+            changes[spec.name] = spec.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {dotted} must be {exc}, got {_show(raw)}") from None
+    return replace(current, **changes)
 
 
 def _apply_file(settings: Settings, path: Path) -> Settings:
@@ -224,54 +254,19 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"config file {path} must hold a JSON object, got {type(document).__name__}")
-    known = set(CONFIG_FILE_KEYS) | {"resourceLimits"}
-    unknown = sorted(set(document) - known)
-    if unknown:
-        raise ConfigError(
-            f"config file {path} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
-        )
-    changes: dict[str, Any] = {}
-    for key, (attr, parse) in CONFIG_FILE_KEYS.items():
-        if key in document:
-            try:
-                changes[attr] = parse(document[key])
-            except ValueError as exc:
-                raise ConfigError(
-                    f"config file {path}: {key} must be {exc}, got {_show(document[key])}"
-                ) from None
-    if "resourceLimits" in document:
-        limits = document["resourceLimits"]
-        if not isinstance(limits, dict):
-            raise ConfigError(f"config file {path}: resourceLimits must be an object")
-        unknown = sorted(set(limits) - set(RESOURCE_LIMIT_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"config file {path}: resourceLimits has unknown key(s) {', '.join(unknown)}; "
-                f"allowed: cpu, memory, gpu"
-            )
-        limit_changes = {}
-        for key, (attr, parse) in RESOURCE_LIMIT_KEYS.items():
-            if key in limits:
-                try:
-                    limit_changes[attr] = parse(limits[key])
-                except ValueError as exc:
-                    raise ConfigError(
-                        f"config file {path}: resourceLimits.{key} must be {exc}, got {_show(limits[key])}"
-                    ) from None
-        changes["resource_limits"] = replace(settings.resource_limits, **limit_changes)
-    return replace(settings, **changes)
+    return _apply_object(settings, document, f"config file {path}")
 
 
 def _apply_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
     changes: dict[str, Any] = {}
-    for name, (attr, parse) in ENVIRONMENT.items():
+    for name, spec in ENVIRONMENT.items():
         if name not in environ:
             continue
         raw = environ[name]
         try:
-            changes[attr] = parse(raw)
+            changes[spec.name] = spec.metadata["parse"](raw)
         except ValueError as exc:
-            shown = "(hidden)" if name == "WONDERCRAFT_ADMIN_TOKEN" else _show(raw)
+            shown = "(hidden)" if spec.metadata["secret"] else _show(raw)
             raise ConfigError(f"{name}={shown} is invalid: expected {exc}") from None
     return replace(settings, **changes)
 

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -45,159 +46,127 @@ class _WindowRate:
         return sum(n for _, n in self._counts) / self._window_s
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One metric's declaration; `make` registers it."""
+
+    kind: type  # Counter, Gauge or Histogram
+    name: str
+    description: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+    def make(self, registry: CollectorRegistry):
+        extra = {"buckets": self.buckets} if self.buckets is not None else {}
+        return self.kind(self.name, self.description, self.labels, registry=registry, **extra)
+
+
+def counter(name: str, description: str, *labels: str) -> Metric:
+    return Metric(Counter, name, description, labels)
+
+
+def gauge(name: str, description: str, *labels: str) -> Metric:
+    return Metric(Gauge, name, description, labels)
+
+
+def histogram(name: str, description: str, buckets: tuple[float, ...], *labels: str) -> Metric:
+    return Metric(Histogram, name, description, labels, buckets)
+
+
+# Metrics attribute -> declaration. Adding a metric is adding one entry; names carry their units.
+METRICS: dict[str, Metric] = {
+    # HTTP
+    "http_requests": counter(
+        "wondercraft_http_requests_total", "HTTP requests answered, by route template and status",
+        "method", "route", "status",
+    ),
+    "http_request_duration": histogram(
+        "wondercraft_http_request_duration_seconds", "Time to answer an HTTP request, by route template",
+        REQUEST_BUCKETS_S, "method", "route",
+    ),
+    "http_requests_in_flight": gauge("wondercraft_http_requests_in_flight", "HTTP requests being handled now"),
+    # Event loop
+    "event_loop_lag": gauge("wondercraft_event_loop_lag_seconds", "Latest measured event-loop scheduling delay"),
+    "event_loop_lag_max": gauge(
+        "wondercraft_event_loop_lag_max_seconds", "Largest event-loop scheduling delay since start"
+    ),
+    "event_loop_lag_histogram": histogram(
+        "wondercraft_event_loop_lag_observed_seconds", "Distribution of event-loop scheduling delays",
+        LAG_BUCKETS_S,
+    ),
+    # Telemetry
+    "telemetry_events": counter("wondercraft_telemetry_events_emitted_total", "Telemetry events accepted", "event"),
+    "telemetry_emission_rate": gauge(
+        "wondercraft_telemetry_emission_rate_per_second", "Telemetry events accepted per second over the last minute"
+    ),
+    "telemetry_pending": gauge("wondercraft_telemetry_pending_events", "Telemetry events accepted but not yet written"),
+    "telemetry_written": counter("wondercraft_telemetry_events_written_total", "Telemetry events written to the store"),
+    "telemetry_flush_duration": histogram(
+        "wondercraft_telemetry_flush_duration_seconds", "Time to write one telemetry batch", REQUEST_BUCKETS_S
+    ),
+    "telemetry_flush_failures": counter(
+        "wondercraft_telemetry_flush_failures_total", "Telemetry batches that failed to write"
+    ),
+    "telemetry_pruned": counter("wondercraft_telemetry_events_pruned_total", "Telemetry events removed by retention"),
+    "telemetry_subscribers": gauge("wondercraft_telemetry_stream_subscribers", "Open telemetry streams"),
+    # Audit trail
+    "audit_entries": counter("wondercraft_audit_entries_total", "Entries appended to the consensus/audit log", "kind"),
+    # Sandboxes (set by the sandbox service); the per-sandbox gauges are labelled sandbox_id
+    "sandboxes_active": gauge("wondercraft_sandboxes_active", "Sandboxes alive now"),
+    "sandboxes_created": counter("wondercraft_sandboxes_created_total", "Sandboxes created"),
+    "sandboxes_destroyed": counter(
+        "wondercraft_sandboxes_destroyed_total", "Sandboxes destroyed, by reason (deleted, expired, failed, oom, ...)",
+        "reason",
+    ),
+    "sandbox_cpu_seconds": gauge("wondercraft_sandbox_cpu_seconds", "CPU time used by a live sandbox", "sandbox_id"),
+    "sandbox_memory_bytes": gauge("wondercraft_sandbox_memory_bytes", "Memory in use by a live sandbox", "sandbox_id"),
+    "sandbox_memory_peak_bytes": gauge(
+        "wondercraft_sandbox_memory_peak_bytes", "Peak memory of a live sandbox", "sandbox_id"
+    ),
+    "sandbox_pids": gauge("wondercraft_sandbox_pids", "Processes in a live sandbox", "sandbox_id"),
+    # Training cycles (set by the petals service)
+    "training_cycles": counter(
+        "wondercraft_training_cycles_total", "Training cycles finished, by outcome (completed or failed)", "outcome"
+    ),
+    "training_cycle_success_ratio": gauge(
+        "wondercraft_training_cycle_success_ratio",
+        "Completed cycles over finished cycles since start (0 before any finished)",
+    ),
+    "training_cycle_duration": histogram(
+        "wondercraft_training_cycle_duration_seconds", "Wall time of one training cycle, queue excluded",
+        CYCLE_BUCKETS_S,
+    ),
+    "training_queue_depth": gauge("wondercraft_training_queue_depth", "Training cycles waiting for a slot"),
+    "training_cycles_running": gauge("wondercraft_training_cycles_running", "Training cycles running now"),
+    # Aggregation and consensus (set by the petals service)
+    "aggregation_duration": histogram(
+        "wondercraft_aggregation_duration_seconds", "Time to aggregate one round's deltas, by strategy",
+        AGGREGATION_BUCKETS_S, "strategy",
+    ),
+    "consensus_rounds": counter(
+        "wondercraft_consensus_rounds_total", "Consensus rounds decided, by outcome (committed or rejected)", "outcome"
+    ),
+}  # fmt: skip
+
+# The gauges set_sandbox_usage sets and forget_sandbox drops: attribute names after "sandbox_".
+SANDBOX_USAGE = tuple(
+    attr.removeprefix("sandbox_") for attr, metric in METRICS.items() if metric.labels == ("sandbox_id",)
+)
+
+
 class Metrics:
-    """The service's metrics. Attributes are prometheus_client objects: `.inc()`, `.set()`,
-    `.observe()`, `.labels(...)`."""
+    """The service's metrics, one attribute per METRICS entry: prometheus_client objects with
+    `.inc()`, `.set()`, `.observe()`, `.labels(...)`."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-
-        # HTTP
-        self.http_requests = Counter(
-            "wondercraft_http_requests_total",
-            "HTTP requests answered, by route template and status",
-            ["method", "route", "status"],
-            registry=r,
-        )
-        self.http_request_duration = Histogram(
-            "wondercraft_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route template",
-            ["method", "route"],
-            buckets=REQUEST_BUCKETS_S,
-            registry=r,
-        )
-        self.http_requests_in_flight = Gauge(
-            "wondercraft_http_requests_in_flight", "HTTP requests being handled now", registry=r
-        )
-
-        # Event loop
-        self.event_loop_lag = Gauge(
-            "wondercraft_event_loop_lag_seconds", "Latest measured event-loop scheduling delay", registry=r
-        )
-        self.event_loop_lag_max = Gauge(
-            "wondercraft_event_loop_lag_max_seconds",
-            "Largest event-loop scheduling delay since start",
-            registry=r,
-        )
-        self.event_loop_lag_histogram = Histogram(
-            "wondercraft_event_loop_lag_observed_seconds",
-            "Distribution of event-loop scheduling delays",
-            buckets=LAG_BUCKETS_S,
-            registry=r,
-        )
-
-        # Telemetry
-        self.telemetry_events = Counter(
-            "wondercraft_telemetry_events_emitted_total", "Telemetry events accepted", ["event"], registry=r
-        )
+        self.registry = CollectorRegistry(auto_describe=True)
+        for attr, metric in METRICS.items():
+            setattr(self, attr, metric.make(self.registry))
         self._telemetry_rate = _WindowRate()
-        self.telemetry_emission_rate = Gauge(
-            "wondercraft_telemetry_emission_rate_per_second",
-            "Telemetry events accepted per second over the last minute",
-            registry=r,
-        )
         self.telemetry_emission_rate.set_function(self._telemetry_rate.per_second)
-        self.telemetry_pending = Gauge(
-            "wondercraft_telemetry_pending_events",
-            "Telemetry events accepted but not yet written",
-            registry=r,
-        )
-        self.telemetry_written = Counter(
-            "wondercraft_telemetry_events_written_total", "Telemetry events written to the store", registry=r
-        )
-        self.telemetry_flush_duration = Histogram(
-            "wondercraft_telemetry_flush_duration_seconds",
-            "Time to write one telemetry batch",
-            buckets=REQUEST_BUCKETS_S,
-            registry=r,
-        )
-        self.telemetry_flush_failures = Counter(
-            "wondercraft_telemetry_flush_failures_total", "Telemetry batches that failed to write", registry=r
-        )
-        self.telemetry_pruned = Counter(
-            "wondercraft_telemetry_events_pruned_total", "Telemetry events removed by retention", registry=r
-        )
-        self.telemetry_subscribers = Gauge(
-            "wondercraft_telemetry_stream_subscribers", "Open telemetry streams", registry=r
-        )
-
-        # Audit trail
-        self.audit_entries = Counter(
-            "wondercraft_audit_entries_total",
-            "Entries appended to the consensus/audit log",
-            ["kind"],
-            registry=r,
-        )
-
-        # Sandboxes (set by the sandbox service)
-        self.sandboxes_active = Gauge("wondercraft_sandboxes_active", "Sandboxes alive now", registry=r)
-        self.sandboxes_created = Counter(
-            "wondercraft_sandboxes_created_total", "Sandboxes created", registry=r
-        )
-        self.sandboxes_destroyed = Counter(
-            "wondercraft_sandboxes_destroyed_total",
-            "Sandboxes destroyed, by reason (deleted, expired, failed, oom, ...)",
-            ["reason"],
-            registry=r,
-        )
-        self.sandbox_cpu_seconds = Gauge(
-            "wondercraft_sandbox_cpu_seconds", "CPU time used by a live sandbox", ["sandbox_id"], registry=r
-        )
-        self.sandbox_memory_bytes = Gauge(
-            "wondercraft_sandbox_memory_bytes", "Memory in use by a live sandbox", ["sandbox_id"], registry=r
-        )
-        self.sandbox_memory_peak_bytes = Gauge(
-            "wondercraft_sandbox_memory_peak_bytes",
-            "Peak memory of a live sandbox",
-            ["sandbox_id"],
-            registry=r,
-        )
-        self.sandbox_pids = Gauge(
-            "wondercraft_sandbox_pids", "Processes in a live sandbox", ["sandbox_id"], registry=r
-        )
-
-        # Training cycles (set by the petals service)
-        self.training_cycles = Counter(
-            "wondercraft_training_cycles_total",
-            "Training cycles finished, by outcome (completed or failed)",
-            ["outcome"],
-            registry=r,
-        )
-        self.training_cycle_success_ratio = Gauge(
-            "wondercraft_training_cycle_success_ratio",
-            "Completed cycles over finished cycles since start (0 before any finished)",
-            registry=r,
-        )
         self.training_cycle_success_ratio.set_function(self._cycle_success_ratio)
-        self.training_cycle_duration = Histogram(
-            "wondercraft_training_cycle_duration_seconds",
-            "Wall time of one training cycle, queue excluded",
-            buckets=CYCLE_BUCKETS_S,
-            registry=r,
-        )
-        self.training_queue_depth = Gauge(
-            "wondercraft_training_queue_depth", "Training cycles waiting for a slot", registry=r
-        )
-        self.training_cycles_running = Gauge(
-            "wondercraft_training_cycles_running", "Training cycles running now", registry=r
-        )
-
-        # Aggregation and consensus (set by the petals service)
-        self.aggregation_duration = Histogram(
-            "wondercraft_aggregation_duration_seconds",
-            "Time to aggregate one round's deltas, by strategy",
-            ["strategy"],
-            buckets=AGGREGATION_BUCKETS_S,
-            registry=r,
-        )
-        self.consensus_rounds = Counter(
-            "wondercraft_consensus_rounds_total",
-            "Consensus rounds decided, by outcome (committed or rejected)",
-            ["outcome"],
-            registry=r,
-        )
 
     # ---- helpers for the services ----
 
@@ -229,25 +198,17 @@ class Metrics:
         memory_peak_bytes: int | None = None,
         pids: int | None = None,
     ) -> None:
-        for gauge, value in (
-            (self.sandbox_cpu_seconds, cpu_seconds),
-            (self.sandbox_memory_bytes, memory_bytes),
-            (self.sandbox_memory_peak_bytes, memory_peak_bytes),
-            (self.sandbox_pids, pids),
-        ):
-            if value is not None:
-                gauge.labels(sandbox_id=sandbox_id).set(value)
+        values = {"cpu_seconds": cpu_seconds, "memory_bytes": memory_bytes,
+                  "memory_peak_bytes": memory_peak_bytes, "pids": pids}  # fmt: skip
+        for name in SANDBOX_USAGE:
+            if values[name] is not None:
+                getattr(self, f"sandbox_{name}").labels(sandbox_id=sandbox_id).set(values[name])
 
     def forget_sandbox(self, sandbox_id: str) -> None:
         """Drops a destroyed sandbox's per-sandbox series so they do not pile up."""
-        for gauge in (
-            self.sandbox_cpu_seconds,
-            self.sandbox_memory_bytes,
-            self.sandbox_memory_peak_bytes,
-            self.sandbox_pids,
-        ):
+        for name in SANDBOX_USAGE:
             with contextlib.suppress(KeyError):
-                gauge.remove(sandbox_id)
+                getattr(self, f"sandbox_{name}").remove(sandbox_id)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.leftovers import RUN
+
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 UML_KERNEL = Path("/usr/bin/linux.uml")
@@ -142,6 +144,7 @@ class Guest:
         overlay = shlex.quote(str(overlay_module()))
         RUN_PARENT.mkdir(parents=True, exist_ok=True)
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"wondercraft-guest-{self.label}-", dir=RUN_PARENT))
+        RUN.register_guest(self.run_dir)
         try:
             self._boot(overlay)
         except BaseException:

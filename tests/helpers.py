@@ -13,8 +13,25 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.leftovers import RUN
+
 REPO = Path(__file__).resolve().parent.parent
 WONDERCRAFT = str(Path(sys.executable).parent / "wondercraft")
+
+
+def wait_until(predicate, timeout: float = 60.0, what: str | None = None):
+    """Polls `predicate` until it returns something true and returns that; after `timeout`
+    seconds, its last answer, or an AssertionError naming `what` when given."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    value = predicate()
+    if not value and what is not None:
+        raise AssertionError(f"{what} not reached within {timeout}s")
+    return value
 
 
 def free_port() -> int:
@@ -75,6 +92,7 @@ class ServerProcess:
         prefix: list[str] | None = None,
     ):
         self.state_dir = Path(state_dir)
+        RUN.register_state_dir(self.state_dir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = [
@@ -144,6 +162,7 @@ class ServerProcess:
 
 def run_serve(state_dir: Path, *, env=None, args=None, prefix=None, port=None, timeout=30.0):
     """Run `wondercraft serve` expecting it to refuse; returns the CompletedProcess."""
+    RUN.register_state_dir(state_dir)
     port = port or free_port()
     argv = [
         *(prefix or []),

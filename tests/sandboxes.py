@@ -9,10 +9,14 @@ import threading
 from pathlib import Path
 
 from runtime.sandbox import ExecResult, Sandbox, SandboxManager, SandboxSpec
+from tests.leftovers import RUN
 
 
 class SyncManager:
     def __init__(self, state_dir: Path, **kwargs) -> None:
+        RUN.register_state_dir(state_dir)
+        if kwargs.get("instance"):
+            RUN.register_instance(kwargs["instance"])
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sandbox-loop", daemon=True)
         self._thread.start()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, EventStream, api_server, http, register_agent
+from tests.helpers import ADMIN_TOKEN, EventStream, api_server, http, register_agent, wait_until
 
 DAY_MS = 86_400_000
 
@@ -28,16 +28,6 @@ def stored_rows(server) -> list[tuple]:
         return conn.execute("SELECT seq, event, agent_id, timestamp FROM telemetry ORDER BY seq").fetchall()
     finally:
         conn.close()
-
-
-def wait_until(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 def query(server, token: str = ADMIN_TOKEN, **params):

@@ -25,6 +25,7 @@ from runtime.cgroups import (
 )
 from runtime.cgroups.base import CgroupBackend, SandboxCgroup
 from runtime.cgroups.files import read_psi
+from tests.leftovers import RUN
 
 pytestmark = pytest.mark.v2guest
 
@@ -73,7 +74,7 @@ def make_backend():
     made: list[CgroupBackend] = []
 
     def make(instance: str | None = None) -> CgroupBackend:
-        backend = open_backend(instance or TEST_PREFIX + uuid.uuid4().hex[:8])
+        backend = open_backend(RUN.register_instance(instance or TEST_PREFIX + uuid.uuid4().hex[:8]))
         made.append(backend)
         return backend
 
@@ -414,7 +415,7 @@ def test_v2_service_lives_in_a_supervisor_leaf_with_controllers_enabled_below(ba
         assert {"cpu", "memory", "pids"} <= set(enabled), (path, enabled)
     # A second backend finds the service already in the supervisor leaf and
     # treats its parent as the root, instead of nesting another one.
-    other = open_backend(TEST_PREFIX + "again")
+    other = open_backend(RUN.register_instance(TEST_PREFIX + "again"))
     assert other.root_dir == backend.root_dir
     other.teardown()
     backend.teardown()

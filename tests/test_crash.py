@@ -18,7 +18,8 @@ from pathlib import Path
 
 from runtime.cgroups import open_backend
 from runtime.sandbox import instance_name
-from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent
+from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent, wait_until
+from tests.leftovers import Footprint
 from tests.test_systemd import NotifyListener
 
 CTL = str(Path(sys.executable).parent / "wondercraft-ctl")
@@ -67,48 +68,17 @@ def cycle(server, cycle_id: str) -> dict:
     return body
 
 
-def wait_until(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout}s")
-
-
 def running_in_sandbox(server, cycle_ids: list[str]) -> list[dict]:
     views = [cycle(server, c) for c in cycle_ids]
     return views if all(v["status"] == "running" and v["sandboxId"] for v in views) else []
 
 
 def leftovers(state: Path, sandbox_ids: list[str] | None = None) -> list[str]:
-    """What of this state dir's instance remains on the host: sandbox cgroups (only those named,
-    when given), registered netns, host-visible sandbox mounts, links and launcher processes."""
-    instance = instance_name(state)
-    found = [
-        f"cgroup {n}" for n in open_backend(instance).list_names() if sandbox_ids is None or n in sandbox_ids
-    ]
-    if os.path.isdir("/run/netns"):
-        prefix = f"wc-{instance}-"
-        found += [
-            f"netns {n}"
-            for n in os.listdir("/run/netns")
-            if n.startswith(prefix) and (sandbox_ids is None or n[len(prefix) :] in sandbox_ids)
-        ]
-    # Isolated sandboxes have loopback only: no link of the project's belongs in the host's namespace.
-    found += [f"link {n}" for n in os.listdir("/sys/class/net") if n.startswith("wc-")]
-    stage = str(state.resolve() / "rootfs")
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        if stage in line:
-            found.append(f"mount {line}")
-    processes = subprocess.run(["pgrep", "-a", "-f", f"wc-init .*{stage}"], capture_output=True, text=True)
-    found += [
-        f"process {line}"
-        for line in processes.stdout.splitlines()
-        if sandbox_ids is None or any(sandbox_id in line for sandbox_id in sandbox_ids)
-    ]
-    return found
+    """What of this state dir's sandboxes remains on the host (only those named, when given):
+    sandbox cgroups, registered netns, host-visible mounts, links and launcher processes."""
+    run = Footprint()
+    run.register_state_dir(state)
+    return run.sandbox_leftovers(sandbox_ids)
 
 
 def model_files_match_their_records(state: Path) -> dict[tuple[str, int], str]:

@@ -4,6 +4,7 @@ found through its processes' launcher chain, and what it reports once nothing do
 from __future__ import annotations
 
 import os
+import uuid
 
 from runtime import hostaudit
 from runtime.hostaudit import _host_of, _Process, _split_netns
@@ -33,12 +34,13 @@ def test_netns_names_carry_their_instance_and_sandbox():
 
 def test_a_sandbox_is_known_while_its_host_lives_whoever_that_is(tmp_path):
     # Not a `wondercraft serve`: this test process hosts the sandbox through its manager.
-    sandboxes = SyncManager(tmp_path / "state", instance="hostaudit-test")
+    instance = f"hostaudit-{uuid.uuid4().hex[:8]}"  # its own: another run may test the same at once
+    sandboxes = SyncManager(tmp_path / "state", instance=instance)
     try:
         box = sandboxes.create()
         sandboxes.sh(box, "setsid sleep 600 >/dev/null 2>&1 </dev/null &")
         report = hostaudit.scan_host()
-        mine = {(f["kind"], f["name"]): f for f in report["findings"] if f["instance"] == "hostaudit-test"}
+        mine = {(f["kind"], f["name"]): f for f in report["findings"] if f["instance"] == instance}
         cgroup, netns = mine[("cgroup", box.id)], mine[("netns", box.netns)]
         assert cgroup["state"] == netns["state"] == "known"
         assert cgroup["owner"].startswith(f"pid {os.getpid()} ") and len(cgroup["detail"]["pids"]) >= 2
@@ -48,9 +50,9 @@ def test_a_sandbox_is_known_while_its_host_lives_whoever_that_is(tmp_path):
         ]
         assert launchers and launchers[0]["state"] == "known"
         # The same audit, asked by a service about itself, goes by its live set instead.
-        asked = hostaudit.scan_host(self_instance="hostaudit-test", live_sandboxes=set())
+        asked = hostaudit.scan_host(self_instance=instance, live_sandboxes=set())
         assert {
-            f["state"] for f in asked["findings"] if f["instance"] == "hostaudit-test" and f["name"] == box.id
+            f["state"] for f in asked["findings"] if f["instance"] == instance and f["name"] == box.id
         } == {"orphaned"}
     finally:
         sandboxes.close()

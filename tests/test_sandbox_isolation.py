@@ -18,18 +18,11 @@ from runtime import mounts
 from runtime.mounts import Bind
 from runtime.network import NETNS_DIR
 from runtime.sandbox import SandboxSpec
-from tests.sandboxes import SyncManager
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.v2guest
 
 PY = ["python", "-I", "-S", "-c"]
-
-
-@pytest.fixture(scope="module")
-def sandboxes(tmp_path_factory):
-    manager = SyncManager(tmp_path_factory.mktemp("isolation-state"))
-    yield manager
-    manager.close()
 
 
 @pytest.fixture(scope="module")
@@ -323,19 +316,20 @@ def test_every_exec_joins_the_same_sandbox(sandboxes, box):
     assert host_net not in first
 
 
-def test_destroy_kills_every_process_and_is_idempotent(sandboxes):
+def test_destroy_kills_every_process_and_is_idempotent(sandboxes, this_run):
     sandbox = sandboxes.create()
-    out(sandboxes.sh(sandbox, "setsid sleep 1000 > /dev/null 2>&1 < /dev/null & echo started"))
+    out(sandboxes.sh(sandbox, f"setsid {this_run.marked_sleep} > /dev/null 2>&1 < /dev/null & echo started"))
     init_pid = sandbox.init_pid
     procs_files = list(sandbox._cgroup.procs_files)
+    assert wait_until(this_run.marked, 10), "the marked sleep should run until the sandbox is destroyed"
     record = sandboxes.destroy(sandbox)
     assert record["termination_reason"] == "killed"
     assert not os.path.exists(f"/proc/{init_pid}")
     assert not any(os.path.exists(path) for path in procs_files)
     assert not os.path.exists(os.path.join(NETNS_DIR, sandbox.netns))
     assert sandboxes.destroy(sandbox) == record
-    leftover = subprocess.run(["pgrep", "-f", "sleep 1000"], capture_output=True, text=True).stdout.split()
-    assert leftover == []
+    # The detached sleep (this run's own marker, so no other process on the host counts) is gone.
+    assert this_run.marked() == []
 
 
 def test_twenty_sandboxes_alive_at_once(sandboxes):

@@ -14,18 +14,10 @@ import pytest
 from runtime import gpu as gpus
 from runtime.network import NETNS_DIR
 from runtime.sandbox import CapacityExhausted, InvalidSpec, ResourceCaps, SandboxManager, SandboxSpec
-from tests.sandboxes import SyncManager
 
 pytestmark = pytest.mark.v2guest
 
 PY = ["python", "-I", "-S", "-c"]
-
-
-@pytest.fixture(scope="module")
-def sandboxes(tmp_path_factory):
-    manager = SyncManager(tmp_path_factory.mktemp("limits-state"))
-    yield manager
-    manager.close()
 
 
 def caps(**fields) -> ResourceCaps:
@@ -259,7 +251,7 @@ async def main():
     manager = SandboxManager(Path(sys.argv[1]))
     await manager.start()
     sandbox = await manager.create(SandboxSpec(agent_id="a", caps=ResourceCaps(1.0, 128, 32, 16)))
-    await manager.execute(sandbox.id, ["sh", "-c", "setsid sleep 1000 >/dev/null 2>&1 </dev/null &"])
+    await manager.execute(sandbox.id, ["sh", "-c", f"setsid {sys.argv[2]} >/dev/null 2>&1 </dev/null &"])
     print(sandbox.id, sandbox.netns, sandbox.init_pid, flush=True)
     await asyncio.sleep(600)
 
@@ -267,13 +259,16 @@ asyncio.run(main())
 """
 
 
-def test_orphans_of_a_crashed_service_are_swept_at_start(tmp_path):
+def test_orphans_of_a_crashed_service_are_swept_at_start(tmp_path, this_run):
     import subprocess
     import sys
 
     state = tmp_path / "state"
+    this_run.register_state_dir(state)
     service = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_SERVICE, str(state)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CRASHING_SERVICE, str(state), this_run.marked_sleep],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         name, netns, init_pid = service.stdout.readline().split()
@@ -285,6 +280,7 @@ def test_orphans_of_a_crashed_service_are_swept_at_start(tmp_path):
     while os.path.exists(f"/proc/{init_pid}") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not os.path.exists(f"/proc/{init_pid}")
+    assert this_run.marked() == []  # the sandbox's detached sleep went with them
     restarted = SandboxManager(state)
     assert name in restarted.cgroups.list_names()  # what the crash left behind...
     assert os.path.exists(os.path.join(NETNS_DIR, netns))

@@ -1,0 +1,58 @@
+"""`status`: the service's health, its instance, what it holds and what it runs."""
+
+from __future__ import annotations
+
+import json
+
+from .context import Ctl, command
+from .output import duration, number, pairs
+
+
+@command()
+def status(ctl: Ctl) -> None:
+    """Health, cgroup mode, counts and the queue depth."""
+    ctl.out(ctl.client.call("GET", "/v1/admin/status"), lambda s: pairs(status_items(s, ctl.url)))
+
+
+def status_items(s: dict, url: str) -> list[tuple[str, str]]:
+    cycles, sandboxes = s["cycles"], s["sandboxes"]
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(cycles["byStatus"].items())) or "none yet"
+    models = ", ".join(
+        f"{m['modelType']} v{m['currentVersion']} ({m['versions']} versions)" for m in s["models"]
+    )
+    items = [
+        ("service", f"{s['status']} (version {s['version']}, pid {s['pid']}, up {duration(s['uptimeSeconds'])})"),
+        ("url", url),
+        ("cgroup mode", s["cgroupMode"]),
+        ("instance", f"{s['instance']} (state dir {s['stateDir']})"),
+        ("sandboxes", f"{sandboxes['running']} running, {sum(sandboxes['byStatus'].values())} recorded"),
+        ("queue depth", f"{cycles['queued']} queued, {cycles['running']} running "
+                        f"(at most {cycles['maxConcurrent']} at once)"),
+        ("cycles", by_status),
+        ("models", models or "none yet"),
+        ("agents", f"{s['agents']['active']} active, {s['agents']['revoked']} revoked"),
+        ("gpus", f"{s['gpus']['free']} free of {s['gpus']['total']}"),
+        ("stop grace", f"{s['shutdownGraceSeconds']:g}s"),
+    ]  # fmt: skip
+    if s.get("admission"):
+        items.append(("admission", admission_line(s["admission"])))
+    return items
+
+
+def admission_line(admission: dict) -> str:
+    """What running work has committed against the host's budget, per resource:
+    "cpuCores 1.5 of 4, memoryMB 512 of 8192"; a resource only one side names shows "-"."""
+    budget = admission.get("budget") or {}
+    committed = admission.get("committed") or {}
+    names = sorted(set(budget) | set(committed))
+    return (
+        ", ".join(f"{name} {_amount(committed.get(name))} of {_amount(budget.get(name))}" for name in names)
+        or "-"
+    )
+
+
+def _amount(value: object) -> str:
+    # Numbers as the other counts are shown; anything else a newer service sends, as it is.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return number(value)
+    return "-" if value is None else json.dumps(value, sort_keys=True)
