@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from .audit import AuditLog
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from .storage import agents as agent_rows
 from .store import Store
 
 BEARER = "bearer"
@@ -86,9 +87,7 @@ class AgentRegistry:
         self._admin_digest = _digest(admin_token) if admin_token else secrets.token_bytes(32)
         self._agents: dict[str, tuple[AgentRecord, bytes]] = {}
         self._dummy_digest = secrets.token_bytes(32)
-        for row in store.query(
-            "SELECT agent_id, token_sha256, created_at, revoked_at, model_author FROM agents"
-        ):
+        for row in agent_rows.all_rows(store):
             record = AgentRecord(
                 row["agent_id"], row["created_at"], row["revoked_at"], bool(row["model_author"])
             )
@@ -146,9 +145,7 @@ class AgentRegistry:
 
         def write() -> None:
             with self._store.transaction() as conn:
-                conn.execute(
-                    "UPDATE agents SET model_author = ? WHERE agent_id = ?", (int(model_author), agent_id)
-                )
+                agent_rows.set_model_author(conn, agent_id, model_author)
                 body = {"agentId": agent_id, "modelAuthor": model_author}
                 self._audit.record(conn, "agent.updated", None, body, agent_id=agent_id)
 
@@ -160,12 +157,9 @@ class AgentRegistry:
     def _insert(self, agent_id: str, digest: bytes, model_author: bool = False) -> AgentRecord:
         now = time.time()
         with self._store.transaction() as conn:
-            if conn.execute("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,)).fetchone():
+            if agent_rows.exists(conn, agent_id):
                 raise Conflict(f"agent {agent_id} already exists; agent ids are never reused")
-            conn.execute(
-                "INSERT INTO agents(agent_id, token_sha256, created_at, model_author) VALUES(?, ?, ?, ?)",
-                (agent_id, digest.hex(), now, int(model_author)),
-            )
+            agent_rows.insert(conn, agent_id, digest.hex(), now, model_author)
             body = {"agentId": agent_id, "modelAuthor": model_author}
             self._audit.record(conn, "agent.registered", None, body, agent_id=agent_id)
         return AgentRecord(agent_id=agent_id, created_at=now, model_author=model_author)
@@ -190,9 +184,7 @@ class AgentRegistry:
 
     def _mark_revoked(self, agent_id: str, now: float) -> None:
         with self._store.transaction() as conn:
-            conn.execute(
-                "UPDATE agents SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL", (now, agent_id)
-            )
+            agent_rows.mark_revoked(conn, agent_id, now)
             self._audit.record(conn, "agent.revoked", None, {"agentId": agent_id}, agent_id=agent_id)
 
 
