@@ -46,6 +46,13 @@ MODEL_NAME = {
     "description": "A shared model's name: its modelType, a family optionally named (mlp:digits)",
 }
 SANDBOX_ID_PATTERN = r"^sb-[0-9a-f]{12}$"
+DATASET_ID_PATTERN = r"^ds-[0-9a-f]{12}$"
+DATASET_ID = {"type": "string", "pattern": DATASET_ID_PATTERN, "description": "A dataset's id"}
+DATASET_NAME = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+    "description": "A label the agent chooses for the dataset (not unique)",
+}
 TIMESTAMP_MS = {
     "type": "integer",
     "minimum": 0,
@@ -91,6 +98,47 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "uptimeSeconds": {"type": "number", "minimum": 0},
         },
     },
+    # ---- datasets ----
+    "DatasetId": DATASET_ID,
+    "Dataset": {
+        "type": "object",
+        "required": [
+            "datasetId",
+            "agentId",
+            "name",
+            "sha256",
+            "format",
+            "sizeBytes",
+            "numRows",
+            "arrays",
+            "createdAt",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "datasetId": ref("DatasetId"),
+            "agentId": ref("AgentId"),
+            "name": DATASET_NAME,
+            "sha256": {"type": "string", "pattern": SHA256_PATTERN, "description": "Of the uploaded bytes"},
+            "format": {"enum": ["npz", "safetensors"]},
+            "sizeBytes": NON_NEGATIVE_INT,
+            "numRows": {**NON_NEGATIVE_INT, "description": "The arrays' common first dimension"},
+            "arrays": {
+                "type": "object",
+                "description": "Each array's shape and numpy dtype, by name",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["shape", "dtype"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "shape": {"type": "array", "items": NON_NEGATIVE_INT},
+                        "dtype": {"type": "string"},
+                    },
+                },
+            },
+            "createdAt": ref("TimestampMs"),
+        },
+    },
+    "DatasetList": listing("datasets", "Dataset"),
     # ---- agents ----
     "AgentCreateRequest": {
         "type": "object",
