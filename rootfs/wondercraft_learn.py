@@ -147,6 +147,19 @@ def write_deltas(deltas: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray
     return _write_atomically(out_dir() / DELTAS_FILE, data)
 
 
+def write_trained(trained: Mapping[str, np.ndarray]) -> Path:
+    """Writes the deltas of `trained` (the tensors after training, same names as the base)
+    against the base as read afresh from /model: right even if training changed the arrays
+    read_base() returned in place (torch.from_numpy shares their memory)."""
+    base = read_base()
+    missing = [name for name in base if name not in trained]
+    if missing:
+        raise ContractError(f"trained tensors must name every base tensor; missing {missing}")
+    deltas = {name: np.asarray(trained[name], dtype=np.float32) - base[name] for name in base}
+    deltas.update({name: trained[name] for name in trained if name not in base})  # refused by name below
+    return write_deltas(deltas, base)
+
+
 def _finite_number(name: str, value: Any) -> float | int:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise ContractError(f"metric {name!r} must be a number, got {type(value).__name__}")

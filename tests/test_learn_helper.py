@@ -210,3 +210,42 @@ def test_read_base_keeps_the_models_order_and_is_writable(learn_root, monkeypatc
     base = wl.read_base()
     assert list(base) == ["fc.weight", "fc.bias"]
     base["fc.bias"] += 1  # trained in place without a copy
+
+
+TORCH_PROGRAM = """
+import torch
+import wondercraft_learn as wl
+
+job = wl.job()
+torch.manual_seed(job["seed"])
+base = wl.read_base()
+data = wl.read_data()
+x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
+model = torch.nn.Linear(3, 1)
+# The base's names are a state_dict's: fc.weight is (3, 1) here, Linear's weight is (1, 3).
+# torch.from_numpy shares the arrays' memory: training changes them in place.
+model.weight.data = torch.from_numpy(base["fc.weight"]).T.contiguous()
+model.bias.data = torch.from_numpy(base["fc.bias"])
+optimiser = torch.optim.SGD(model.parameters(), lr=job["learningRate"])
+for epoch in range(job["epochs"]):
+    optimiser.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    optimiser.step()
+    wl.report(epoch + 1, loss.item())
+trained = {"fc.weight": model.weight.detach().T.numpy(), "fc.bias": model.bias.detach().numpy()}
+# write_trained takes the deltas against the base read afresh, so the sharing above is harmless.
+wl.write_trained(trained)
+wl.write_metrics(len(x), loss=loss.item())
+"""
+
+
+def test_a_pytorch_program_writes_outputs_the_service_accepts(learn_root):
+    pytest.importorskip("torch", reason="the torch extra (make install installs it)")
+    program = learn_root / "train_torch.py"
+    program.write_text(TORCH_PROGRAM)
+    done = run(learn_root, str(program))
+    assert done.returncode == 0, done.stderr
+    result = outputs.read_outputs(learn_root / "out", EXPECTED)
+    assert result.num_samples == 64
+    np.testing.assert_allclose(result.deltas["fc.weight"][:, 0], [1.5, -2.0, 0.5], atol=0.3)
