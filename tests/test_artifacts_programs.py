@@ -247,3 +247,12 @@ def test_a_refusal_midway_leaves_nothing_behind(tmp_path):
     # Several good members are written before the bad one is met.
     good = [(member(f"pkg/m{i}.py"), b"ok\n") for i in range(5)]
     refused(tmp_path, tar_gz(*good, (member("../x.py"), b"")), r"'\.\.'")
+
+
+def test_limits_come_from_the_settings():
+    from server.config import load_settings
+
+    settings = load_settings(
+        None, {"PETALS_PROGRAM_MAX_BYTES": "4096", "PETALS_PROGRAM_MAX_UNPACKED_BYTES": "8192"}
+    )
+    assert Limits.from_settings(settings) == Limits(max_bytes=4096, max_unpacked_bytes=8192)

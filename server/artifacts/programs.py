@@ -58,6 +58,13 @@ class Limits:
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
     max_members: int = DEFAULT_MAX_MEMBERS
 
+    @classmethod
+    def from_settings(cls, settings) -> Limits:
+        """PETALS_PROGRAM_MAX_BYTES and PETALS_PROGRAM_MAX_UNPACKED_BYTES (server.config.Settings)."""
+        return cls(
+            max_bytes=settings.program_max_bytes, max_unpacked_bytes=settings.program_max_unpacked_bytes
+        )
+
 
 def _show(name: str) -> str:
     return repr(name if len(name) <= 80 else name[:77] + "...")
