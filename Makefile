@@ -22,7 +22,7 @@ $(STAMP): setup.py scripts/host-packages.sh native/wc-init.c
 	scripts/host-packages.sh $(HOST_PACKAGES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,torch]'
 	touch $@
 
 # The systemd unit (systemd/wondercraft.service), with ExecStart pointing at this checkout's venv;

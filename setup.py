@@ -40,6 +40,7 @@ setup(
         "runtime.cgroups",
         "native",
         "server",
+        "server.artifacts",
         "aggregation",
         "rootfs",
         "ctl",
@@ -64,6 +65,9 @@ setup(
         "jsonschema>=4.21",
         "jsonschema-rs>=0.20",
         "orjson>=3.9",
+        # Tensors crossing a trust boundary (learn-cycle outputs, uploads) are read as
+        # safetensors, never as pickles.
+        "safetensors>=0.4",
     ],
     extras_require={
         "test": [
@@ -73,6 +77,10 @@ setup(
             "ruff>=0.6",
             "schemathesis>=3.30",
             "scikit-learn>=1.4",
+        ],
+        # PyTorch learn programs (the CPU build is enough for the suite).
+        "torch": [
+            "torch==2.13.0",
         ],
         "bench": [
             "flwr>=1.8",

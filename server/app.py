@@ -18,6 +18,7 @@ from .api import build_api
 from .audit import AuditLog
 from .auth import AgentRegistry
 from .config import Settings
+from .datasets import DatasetService
 from .errors import WonderCraftError
 from .metrics import LoopLagMonitor, Metrics
 from .openapi import API_KEY
@@ -119,6 +120,7 @@ async def _start_services(app: web.Application) -> None:
     if orphans["cgroups"] or orphans["netns"]:
         log.warning("start-up recovery removed orphans", extra={"orphans": orphans})
     await services.sandboxes.start()
+    await services.datasets.start()
     await services.petals.start()
     services.supervisor.start()
 
@@ -174,6 +176,8 @@ def create_app(settings: Settings, store: Store, admin_token: str | None = None)
             settings, store, state_dir, runtime, audit=audit, metrics=metrics, petals=petals
         ),
         petals=petals,
+        # The training core will pass in_use (a dataset a queued or running cycle uses).
+        datasets=DatasetService(settings, store, state_dir, audit=audit),
     )
     app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[SERVICES] = services

@@ -207,6 +207,15 @@ class Settings:
     learn_command: tuple[str, ...] = setting(
         ("python", "/opt/wondercraft/learn_cycle.py"), _argv, key="learnCommand"
     )
+    # Bring your own model: uploads of datasets and programs.
+    dataset_max_bytes: int = setting(2 << 30, _int_between(1024, 1 << 40), env="PETALS_DATASET_MAX_BYTES")
+    dataset_quota_bytes: int = setting(
+        10 << 30, _int_between(1024, 1 << 44), env="PETALS_DATASET_QUOTA_BYTES"
+    )
+    program_max_bytes: int = setting(16 << 20, _int_between(1024, 1 << 30), env="PETALS_PROGRAM_MAX_BYTES")
+    program_max_unpacked_bytes: int = setting(
+        64 << 20, _int_between(1024, 1 << 34), env="PETALS_PROGRAM_MAX_UNPACKED_BYTES"
+    )
 
 
 # Environment variable -> its Settings field, read from the declarations above.

@@ -37,7 +37,7 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     404: ("NotFound", "No such resource, or one that belongs to another agent"),
     409: ("Conflict", "The resource already exists or is in the wrong state"),
     413: ("PayloadTooLarge", "The request body is over this operation's limit"),
-    415: ("UnsupportedMediaType", "The request body is not application/json"),
+    415: ("UnsupportedMediaType", "The request body's Content-Type is not the one the operation takes"),
     429: ("TooManyRequests", "A queue is full; retry after the Retry-After header's seconds"),
     503: ("ServiceUnavailable", "Overloaded or shutting down; retry later"),
 }
@@ -98,6 +98,7 @@ class Operation:
     query: tuple[Param, ...]
     body: Mapping[str, Any] | None
     max_body_bytes: int
+    raw_body: str | None
     replies: tuple[Reply, ...]
     errors: tuple[int, ...]
 
@@ -123,11 +124,16 @@ class RouteTable:
         query: Sequence[Param] = (),
         body: Mapping[str, Any] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        raw_body: str | None = None,
         errors: Sequence[int] = (),
         operation_id: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Declares `handler` as METHOD PATH. `errors` lists the error statuses the handler itself
-        raises; those from authentication and validation are added automatically."""
+        raises; those from authentication and validation are added automatically. `raw_body`
+        (a media type) declares a body that is not JSON: only its Content-Type is checked here,
+        and the handler streams it from `call.request.content`, bounding it itself."""
+        if raw_body is not None and body is not None:
+            raise ValueError(f"{method} {path}: a body is either JSON (body) or raw (raw_body), not both")
 
         def declare(handler: Handler) -> Handler:
             named = set(re.findall(r"{(\w+)}", path))
@@ -147,6 +153,7 @@ class RouteTable:
                     query=tuple(query),
                     body=body,
                     max_body_bytes=max_body_bytes,
+                    raw_body=raw_body,
                     replies=tuple(replies),
                     errors=tuple(errors),
                 )
@@ -174,7 +181,8 @@ def _absolute_refs(schema: Any) -> Any:
 
 def _error_statuses(op: Operation) -> list[int]:
     statuses = set(op.errors)
-    if op.path_params or op.query or op.body is not None:
+    has_body = op.body is not None or op.raw_body is not None
+    if op.path_params or op.query or has_body:
         statuses.add(400)
     if op.access != "open":
         statuses.add(401)
@@ -182,7 +190,7 @@ def _error_statuses(op: Operation) -> list[int]:
         statuses.add(403)
     if op.path_params:
         statuses.add(404)
-    if op.body is not None:
+    if has_body:
         statuses.update((413, 415))
     return sorted(statuses)
 
@@ -267,6 +275,12 @@ class Api:
                     "description": f"At most {op.max_body_bytes} bytes",
                     "content": {"application/json": {"schema": copy.deepcopy(dict(op.body))}},
                 }
+            if op.raw_body is not None:
+                entry["requestBody"] = {
+                    "required": True,
+                    "description": "The raw bytes, streamed; the operation's description gives its limit",
+                    "content": {op.raw_body: {"schema": {"type": "string", "format": "binary"}}},
+                }
             responses: dict[str, Any] = {}
             for reply in op.replies:
                 # Replies sharing a status are one answer in several media types (JSON or ONNX...).
@@ -328,6 +342,8 @@ class Api:
             path = {p.name: self._convert(p, request.match_info[p.name], "path") for p in op.path_params}
             query = self._query(op, request.query)
             body = await self._body(op, request) if op.body is not None else None
+            if op.raw_body is not None:
+                self._check_raw_media(op, request)
             return await op.handler(Call(request=request, caller=caller, path=path, query=query, body=body))
 
         endpoint.__name__ = op.operation_id
@@ -390,6 +406,13 @@ class Api:
             elif "default" in param.schema:
                 values[name] = param.schema["default"]
         return values
+
+    @staticmethod
+    def _check_raw_media(op: Operation, request: web.Request) -> None:
+        if "Content-Type" in request.headers and request.content_type != op.raw_body:
+            raise UnsupportedMediaType(
+                f"Content-Type must be {op.raw_body}, got {show(request.content_type)}"
+            )
 
     async def _body(self, op: Operation, request: web.Request) -> Any:
         limit = op.max_body_bytes

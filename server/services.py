@@ -19,6 +19,7 @@ from .store import Store
 from .telemetry import TelemetryService
 
 if TYPE_CHECKING:
+    from .datasets import DatasetService
     from .sandboxes import SandboxService
     from .training.service import TrainingService
 
@@ -38,6 +39,7 @@ class Services:
     supervisor: Supervisor
     sandboxes: SandboxService
     petals: TrainingService
+    datasets: DatasetService
 
 
 SERVICES = web.AppKey("services", Services)

@@ -108,7 +108,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX cycles_by_model_base ON cycles(model_name, base_version, status);
     CREATE INDEX sandboxes_by_status ON sandboxes(status);
     """,
-    # 4: a model's round policy and who defined it; agents the admin lets define models.
+    # 4: datasets uploaded as files: one row per (agent, content); the file itself lives once
+    # under STATE/datasets/<sha256>/, shared by every agent that uploaded the same bytes.
+    """
+    CREATE TABLE datasets (
+        dataset_id TEXT PRIMARY KEY,
+        agent_id   TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        sha256     TEXT NOT NULL,
+        format     TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        num_rows   INTEGER NOT NULL,
+        arrays     TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (agent_id, sha256)
+    );
+    CREATE INDEX datasets_by_sha256 ON datasets(sha256);
+    """,
+    # 5: a model's round policy and who defined it; agents the admin lets define models.
     """
     ALTER TABLE models ADD COLUMN round_policy TEXT;
     ALTER TABLE models ADD COLUMN created_by TEXT;

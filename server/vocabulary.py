@@ -126,6 +126,8 @@ MODEL_NAME_RULE = (
 )
 MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 SANDBOX_ID_PATTERN = r"^sb-[0-9a-f]{12}$"
+DATASET_ID_PATTERN = r"^ds-[0-9a-f]{12}$"
+DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 AUDIT_KIND_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
@@ -136,6 +138,8 @@ PATTERN_RULES = {
     ID_PATTERN: ID_RULE,
     MODEL_NAME_PATTERN: MODEL_NAME_RULE,
     SANDBOX_ID_PATTERN: "'sb-' and 12 lowercase hex digits",
+    DATASET_ID_PATTERN: "'ds-' and 12 lowercase hex digits",
+    DATASET_NAME_PATTERN: "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
     SHA256_PATTERN: "64 lowercase hex digits",
     AUDIT_KIND_PATTERN: "1 to 64 lowercase letters, digits, '.', '_' or '-', starting with a letter",
     NO_NUL_PATTERN: "any characters but NUL",

@@ -71,6 +71,10 @@ SAMPLES = {
         {"modelType": "linear:matrix", "dataBatch": [{"x": [1.0, 2.0], "y": 3.0}]},
     ),
     "rollback": ("POST", "/v1/petals/model/shared/rollback", {"modelType": "linear:matrix", "version": 0}),
+    "upload_dataset": ("POST", "/v1/datasets?name=matrix&agentId=agent-a", "{npz}"),
+    "list_datasets": ("GET", "/v1/datasets", None),
+    "show_dataset": ("GET", "/v1/datasets/{dataset}", None),
+    "delete_dataset": ("DELETE", "/v1/datasets/{dataset}", None),
     "admin_status": ("GET", "/v1/admin/status", None),
     "admin_cycles": ("GET", "/v1/admin/cycles?agentId=agent-a", None),
     "admin_stats": ("GET", "/v1/admin/stats", None),
@@ -79,7 +83,14 @@ SAMPLES = {
     "audit_host": ("GET", "/v1/admin/audit/host", None),
 }
 # Another agent's sandbox or cycle answers 404 exactly like a missing one.
-OWNED = {"execute_in_sandbox", "destroy_sandbox", "sandbox_status", "cycle_status"}
+OWNED = {
+    "execute_in_sandbox",
+    "destroy_sandbox",
+    "sandbox_status",
+    "cycle_status",
+    "show_dataset",
+    "delete_dataset",
+}
 # Shared models are readable by every agent.
 SHARED = {"shared_model", "model_versions", "predict", "list_models"}
 
@@ -101,7 +112,28 @@ def server(tmp_path_factory):
         )
         assert status == 202, body
         server.cycle_id = body["cycleId"]
+        server.dataset_id = _agent_a_dataset(server)
         yield server
+
+
+def _dataset_bytes() -> bytes:
+    """A small .npz, different each time (the same bytes twice would be the same dataset)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.full((2, 2), next(UNIQUE), np.float32), y=np.zeros(2, np.int64))
+    return buffer.getvalue()
+
+
+def _agent_a_dataset(server) -> str:
+    status, body, _ = http(
+        "POST", server.url + "/v1/datasets?name=matrix", _dataset_bytes(), token=server.tokens["agent-a"],
+        headers={"Content-Type": "application/octet-stream"},
+    )  # fmt: skip
+    assert status == 201, body
+    return body["datasetId"]
 
 
 def _agent_a_sandbox(server) -> str:
@@ -128,7 +160,16 @@ def _call(server, operation_id: str, token: str | None):
     method, path, body = SAMPLES[operation_id]
     # Destroying uses up a sandbox: each call gets a fresh one of agent-a's.
     sandbox_id = _agent_a_sandbox(server) if operation_id == "destroy_sandbox" else server.sandbox_id
-    path = path.replace("{sandbox}", sandbox_id).replace("{cycle}", server.cycle_id)
+    # Deleting uses up a dataset too.
+    dataset_id = _agent_a_dataset(server) if operation_id == "delete_dataset" else server.dataset_id
+    path = (
+        path.replace("{sandbox}", sandbox_id)
+        .replace("{cycle}", server.cycle_id)
+        .replace("{dataset}", dataset_id)
+    )
+    if operation_id == "upload_dataset":
+        octets = {"Content-Type": "application/octet-stream"}
+        return http(method, server.url + path, _dataset_bytes(), token=token, headers=octets)
     if body is not None:
         body = {k: (sandbox_id if v == "{sandbox}" else v) for k, v in body.items()}
     if operation_id == "telemetry_stream":
@@ -163,6 +204,7 @@ def test_every_operation_has_an_auth_sample(operations):
             .replace("linear:spare-{n}", "{modelType}")
             .replace("{sandbox}", "{sandboxId}")
             .replace("{cycle}", "{cycleId}")
+            .replace("{dataset}", "{datasetId}")
         )
         assert operations[operation_id][:2] == (method, documented), operation_id
 

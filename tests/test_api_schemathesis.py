@@ -69,6 +69,8 @@ STATEFUL_PATHS = {
     "/v1/petals/validation",
     "/v1/petals/model/shared/predict",
     "/v1/sandbox/create",
+    # Any bytes match a binary body's schema; only a real .npz or .safetensors is accepted.
+    "/v1/datasets",
 }
 
 

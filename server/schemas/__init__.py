@@ -26,10 +26,11 @@ from .base import (
     ref,
 )
 from .core import CORE
+from .datasets import DATASET_ID, DATASET_ID_PATTERN, DATASET_NAME, DATASETS
 from .petals import CYCLE_STATUSES, PETALS
 from .sandboxes import SANDBOXES, TERMINATION_REASONS
 
-COMPONENTS: dict[str, dict[str, Any]] = {**CORE, **SANDBOXES, **PETALS, **ADMIN}
+COMPONENTS: dict[str, dict[str, Any]] = {**CORE, **DATASETS, **SANDBOXES, **PETALS, **ADMIN}
 
 __all__ = [
     "AGENT_ID",
@@ -37,6 +38,9 @@ __all__ = [
     "COMPONENTS",
     "CYCLE_ID",
     "CYCLE_STATUSES",
+    "DATASET_ID",
+    "DATASET_ID_PATTERN",
+    "DATASET_NAME",
     "LIMIT",
     "MAX_LIST_LIMIT",
     "MAX_SEQ",
