@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 VERSION = "0.1.0"
@@ -35,16 +35,7 @@ setup(
     version=VERSION,
     description="Sandbox runtime and federated-training service for bare-metal GPU hosts",
     python_requires=">=3.11",
-    packages=[
-        "runtime",
-        "runtime.cgroups",
-        "native",
-        "server",
-        "server.artifacts",
-        "aggregation",
-        "rootfs",
-        "ctl",
-    ],
+    packages=find_packages(include=["runtime*", "native", "server*", "aggregation", "rootfs", "ctl"]),
     package_data={
         "native": ["wc-init.c"],
         "rootfs": ["*.md", "*.json", "*.py"],

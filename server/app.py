@@ -1,5 +1,5 @@
 """The aiohttp application: the middleware that measures requests and maps typed errors to
-JSON answers, the services' start and stop, and the routes from server.api."""
+JSON answers, the services' start and stop, and the routes from server.http."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from runtime.cgroups import detect_mode
 from runtime.sandbox import SandboxManager
 from runtime.supervisor import Supervisor
 
-from .api import build_api
 from .audit import AuditLog
 from .auth import AgentRegistry
 from .config import Settings
 from .datasets import DatasetService
 from .errors import WonderCraftError
+from .http import build_api
+from .http.openapi import API_KEY
 from .metrics import LoopLagMonitor, Metrics
-from .openapi import API_KEY
 from .sandboxes import SandboxService
 from .services import SERVICES, Services
 from .store import Store

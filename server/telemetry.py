@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ServiceUnavailable
+from .http.schemas import COMPONENTS
 from .metrics import Metrics
-from .schemas import COMPONENTS
 from .store import Store
 from .validation import SchemaValidator, document_registry
 

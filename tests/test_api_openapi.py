@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import schemathesis
 
-from server.api import build_api
 from server.app import create_app
 from server.config import Settings
+from server.http import build_api
 from server.store import Store
 from tests.helpers import api_server, http
 

@@ -9,7 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from server.api import build_api
+from server.http import build_api
 from tests.helpers import ADMIN_TOKEN, api_server, http, register_agent
 
 # Enough to cover every operation's positive and negative shapes while keeping the whole run

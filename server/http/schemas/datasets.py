@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..vocabulary import DATASET_ID_PATTERN, DATASET_NAME_PATTERN
+from ...vocabulary import DATASET_ID_PATTERN, DATASET_NAME_PATTERN
 from .base import NON_NEGATIVE_INT, SHA256_PATTERN, listing, ref
 
 DATASET_ID = {"type": "string", "pattern": DATASET_ID_PATTERN, "description": "A dataset's id"}

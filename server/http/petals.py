@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .auth import act_as, ensure_visible, require_admin
-from .errors import Forbidden
+from ..auth import act_as, ensure_visible, require_admin
+from ..errors import Forbidden
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import NON_NEGATIVE_INT, ref
 

@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from . import VERSION
+from .. import VERSION
 from .openapi import API_KEY, Call, Reply, RouteTable, json_reply
 from .schemas import ref
 

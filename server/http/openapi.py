@@ -17,10 +17,10 @@ import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
-from .auth import Caller, require_admin
-from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from .services import SERVICES, Services
-from .validation import SchemaValidator, describe, document_registry, parse_json, show
+from ..auth import Caller, require_admin
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ..services import SERVICES, Services
+from ..validation import SchemaValidator, describe, document_registry, parse_json, show
 
 Access = Literal["open", "admin", "agent"]
 DOCUMENT_URI = "urn:wondercraft:openapi"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .audit import HistoryQuery
+from ..audit import HistoryQuery
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import AUDIT_KIND_PATTERN, LIMIT, MODEL_NAME, SEQ, TIMESTAMP_MS, ref
 

@@ -7,11 +7,11 @@ import re
 
 from aiohttp import web
 
-from .auth import agent_filter
-from .errors import BadRequest
+from ..auth import agent_filter
+from ..errors import BadRequest
+from ..telemetry import TelemetryEvent, TelemetryFilter
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import AGENT_ID, LIMIT, MAX_SEQ, SEQ, TIMESTAMP_MS, ref
-from .telemetry import TelemetryEvent, TelemetryFilter
 
 ROUTES = RouteTable("telemetry", "Training telemetry (the seed's TrainingTelemetryEvent)")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import vocabulary as words
-from ..vocabulary import ENV_NAME_PATTERN, NO_NUL_PATTERN, SANDBOX_ID_PATTERN
+from ... import vocabulary as words
+from ...vocabulary import ENV_NAME_PATTERN, NO_NUL_PATTERN, SANDBOX_ID_PATTERN
 from .base import NON_NEGATIVE_INT, listing, ref
 
 _CPU = {

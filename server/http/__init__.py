@@ -1,32 +1,33 @@
 """The /v1 API assembled from each area's route table. To add endpoints: put their body
-schemas in server/schemas/ (the area's module), declare each handler with `@ROUTES.operation(...)` in an api_<area>.py
-module, and list that module's ROUTES in TABLES below; route, validation and document follow."""
+schemas in schemas/ (the area's module), declare each handler with `@ROUTES.operation(...)`
+in the area's module here, and list its ROUTES in TABLES below; route, validation and the
+OpenAPI document follow from that one declaration."""
 
 from __future__ import annotations
 
+from .. import VERSION
 from . import (
-    VERSION,
-    api_admin,
-    api_agents,
-    api_consensus,
-    api_datasets,
-    api_petals,
-    api_sandbox,
-    api_system,
-    api_telemetry,
+    admin,
+    agents,
+    consensus,
+    datasets,
+    petals,
+    sandbox,
+    system,
+    telemetry,
 )
 from .openapi import Api
 from .schemas import COMPONENTS
 
 TABLES = [
-    api_system.ROUTES,
-    api_agents.ROUTES,
-    api_sandbox.ROUTES,
-    api_petals.ROUTES,
-    api_datasets.ROUTES,
-    api_telemetry.ROUTES,
-    api_consensus.ROUTES,
-    api_admin.ROUTES,
+    system.ROUTES,
+    agents.ROUTES,
+    sandbox.ROUTES,
+    petals.ROUTES,
+    datasets.ROUTES,
+    telemetry.ROUTES,
+    consensus.ROUTES,
+    admin.ROUTES,
 ]
 
 DESCRIPTION = """\

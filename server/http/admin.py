@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin
+from .. import admin
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import AGENT_ID, CYCLE_STATUSES, LIMIT, ref
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..vocabulary import AUDIT_KIND_PATTERN, ID_PATTERN, MODEL_NAME_PATTERN, SHA256_PATTERN
+from ...vocabulary import AUDIT_KIND_PATTERN, ID_PATTERN, MODEL_NAME_PATTERN, SHA256_PATTERN
 
 __all__ = ["AUDIT_KIND_PATTERN", "SHA256_PATTERN"]  # re-exported for the area modules
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .auth import act_as, agent_filter, ensure_visible
+from ..auth import act_as, agent_filter, ensure_visible
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import AGENT_ID, LIMIT, ref
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .auth import act_as, agent_filter
+from ..auth import act_as, agent_filter
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import AGENT_ID, DATASET_NAME, ref
 

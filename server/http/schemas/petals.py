@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import vocabulary as words
+from ... import vocabulary as words
 from .base import NON_NEGATIVE_INT, SHA256_PATTERN, listing, nullable, ref
 from .sandboxes import _CPU, _MEMORY, _NULLABLE_INT
 
