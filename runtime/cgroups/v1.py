@@ -29,6 +29,10 @@ MIN_CPU_QUOTA_US = 1_000  # the kernel's floor for cpu.cfs_quota_us
 KILL_TIMEOUT_S = 10.0
 FREEZE_TIMEOUT_S = 1.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Hierarchies where an execution gets a child of the sandbox's cgroup: freezer to end it
+# as a whole, memory, pids and cpuacct for its own counters. Elsewhere (blkio) it joins
+# the sandbox's cgroup itself.
+EXECUTION_CONTROLLERS = ("freezer", "memory", "pids", "cpuacct")
 
 
 def _node_for_dir(path: str) -> Node:
@@ -45,12 +49,17 @@ def _path(node: Node) -> str:
 
 
 class V1SandboxCgroup(SandboxCgroup):
-    def __init__(self, name: str, nodes: dict[tuple[str, ...], Node]) -> None:
-        """nodes: the sandbox's node in each hierarchy, keyed by the controllers it carries."""
+    def __init__(
+        self, name: str, nodes: dict[tuple[str, ...], Node], joined_elsewhere: tuple[str, ...] = ()
+    ) -> None:
+        """nodes: the sandbox's node in each hierarchy, keyed by the controllers it carries;
+        joined_elsewhere: cgroup.procs files of hierarchies where an execution has no child
+        and joins its sandbox's cgroup instead."""
         self.name = name
         self.nodes = nodes
         self.paths = [_path(node) for node in nodes.values()]
         self._freezer = self._node_with("freezer")
+        self._joined_elsewhere = joined_elsewhere
 
     def __repr__(self) -> str:
         return f"<V1SandboxCgroup {self.name} in {len(self.paths)} hierarchies>"
@@ -63,7 +72,27 @@ class V1SandboxCgroup(SandboxCgroup):
 
     @property
     def procs_files(self) -> list[str]:
-        return [os.path.join(path, "cgroup.procs") for path in self.paths]
+        return [os.path.join(path, "cgroup.procs") for path in self.paths] + list(self._joined_elsewhere)
+
+    def create_execution(self, name: str) -> V1SandboxCgroup:
+        check_name(name, "execution cgroup name")
+        nodes: dict[tuple[str, ...], Node] = {}
+        elsewhere = []
+        try:
+            for key, parent in self.nodes.items():
+                if not any(c in EXECUTION_CONTROLLERS for c in key):
+                    elsewhere.append(os.path.join(_path(parent), "cgroup.procs"))
+                    continue
+                node = Node(name, parent=parent)
+                os.mkdir(node.full_path)
+                nodes[key] = node
+        except FileNotFoundError:
+            V1SandboxCgroup(name, nodes).destroy()
+            raise CgroupError(f"sandbox cgroup {self.name} no longer exists") from None
+        except BaseException:
+            V1SandboxCgroup(name, nodes).destroy()
+            raise
+        return V1SandboxCgroup(name, nodes, tuple(elsewhere))
 
     def add_pid(self, pid: int) -> None:
         for procs in self.procs_files:
@@ -74,8 +103,12 @@ class V1SandboxCgroup(SandboxCgroup):
 
     def pids(self) -> list[int]:
         pids: set[int] = set()
-        for procs in self.procs_files:
-            pids.update(read_pids(procs))
+        for path in self.paths:
+            pids.update(read_pids(os.path.join(path, "cgroup.procs")))
+            # v1's cgroup.procs lists only its own members: executions' children too.
+            for child in child_dirs(path):
+                for dirpath, _dirs, _files in os.walk(os.path.join(path, child)):
+                    pids.update(read_pids(os.path.join(dirpath, "cgroup.procs")))
         return sorted(pids)
 
     def usage(self) -> CgroupUsage:
@@ -230,7 +263,7 @@ class V1CgroupBackend(CgroupBackend):
                 self.parent_nodes[key] = own.create_cgroup(PARENT_PREFIX + self.instance)
             self._prepared = True
 
-    def create(self, name: str, limits: CgroupLimits) -> V1SandboxCgroup:
+    def create(self, name: str, limits: CgroupLimits, *, executions: bool = False) -> V1SandboxCgroup:
         check_name(name)
         if not self._prepared:
             self.prepare()
