@@ -10,7 +10,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from runtime.admission import Admission, AgentQuota, HostBudget
 from runtime.cgroups import detect_mode
+from runtime.gpu import discover as discover_gpus
 from runtime.sandbox import SandboxManager
 from runtime.supervisor import Supervisor
 
@@ -139,6 +141,23 @@ async def _stop_services(app: web.Application) -> None:
     await services.loop_lag.stop()
 
 
+def admission_from(settings: Settings) -> Admission:
+    """The host budget and agent quotas of these settings (0 in a per-agent cap: none)."""
+    gpus = len(discover_gpus())
+    host = HostBudget.from_host(
+        memory_share=settings.sandbox_host_memory_share_percent / 100,
+        service_reserve_mb=settings.sandbox_service_reserve_mb,
+        cpu_overcommit=settings.sandbox_cpu_overcommit,
+        gpus=gpus,
+    )
+    quota = AgentQuota(
+        max_sandboxes=settings.sandbox_agent_max_sandboxes,
+        memory_mb=settings.sandbox_agent_max_memory_mb or None,
+        gpus=settings.sandbox_agent_max_gpus or None,
+    )
+    return Admission(host, quota)
+
+
 def create_app(settings: Settings, store: Store, admin_token: str | None = None) -> web.Application:
     metrics = Metrics()
     audit = AuditLog(store, metrics)
@@ -147,6 +166,9 @@ def create_app(settings: Settings, store: Store, admin_token: str | None = None)
         state_dir,
         rootfs_image=Path(settings.rootfs_image) if settings.rootfs_image else None,
         output_limit_bytes=settings.sandbox_output_limit_bytes,
+        admission=admission_from(settings),
+        uid_range=settings.sandbox_uid_range,
+        service_reserve_bytes=settings.sandbox_service_reserve_mb << 20,
     )
     telemetry = TelemetryService(
         store,

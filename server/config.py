@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from runtime.uids import UidRange
+
 from .errors import ConfigError
 
 
@@ -55,6 +57,14 @@ class Settings:
     max_update_norm: float = 1000.0
     validation_tolerance: float = 0.02
     learn_command: tuple[str, ...] = ("python", "/opt/wondercraft/learn_cycle.py")
+    # Admission (runtime/admission.py) and sandbox uids (runtime/uids.py); 0: no per-agent cap.
+    sandbox_host_memory_share_percent: int = 80
+    sandbox_service_reserve_mb: int = 1024
+    sandbox_cpu_overcommit: float = 16.0
+    sandbox_agent_max_sandboxes: int = 64
+    sandbox_agent_max_memory_mb: int = 0
+    sandbox_agent_max_gpus: int = 0
+    sandbox_uid_range: str = "600000-659999"
 
 
 # ---- value parsers: each returns the parsed value or raises ValueError(expected) ----
@@ -171,6 +181,13 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "SANDBOX_OUTPUT_LIMIT": ("sandbox_output_limit_bytes", _int_between(1024, 1 << 30)),
     "WONDERCRAFT_SHUTDOWN_GRACE": ("shutdown_grace_s", _number_between(0.0, 3600.0, lo_open=False)),
     "WONDERCRAFT_ROOTFS_IMAGE": ("rootfs_image", _path),
+    "SANDBOX_HOST_MEMORY_SHARE": ("sandbox_host_memory_share_percent", _int_between(1, 100)),
+    "SANDBOX_SERVICE_RESERVE": ("sandbox_service_reserve_mb", _int_between(0, 1048576)),
+    "SANDBOX_CPU_OVERCOMMIT": ("sandbox_cpu_overcommit", _number_between(0.0, 1024.0)),
+    "SANDBOX_AGENT_MAX_SANDBOXES": ("sandbox_agent_max_sandboxes", _int_between(1, 1000000)),
+    "SANDBOX_AGENT_MAX_MEMORY": ("sandbox_agent_max_memory_mb", _int_between(0, 1 << 30)),
+    "SANDBOX_AGENT_MAX_GPUS": ("sandbox_agent_max_gpus", _int_between(0, 64)),
+    "SANDBOX_UID_RANGE": ("sandbox_uid_range", lambda raw: str(UidRange.parse(raw))),
 }
 
 # Scaling JSON key -> (Settings field, parser).

@@ -157,6 +157,13 @@ class Metrics:
         self.sandbox_pids = Gauge(
             "wondercraft_sandbox_pids", "Processes in a live sandbox", ["sandbox_id"], registry=r
         )
+        # Admission: what sandboxes hold against the host budget (resource: memory_mb, cpu_cores, gpus)
+        self.admission_committed = Gauge(
+            "wondercraft_admission_committed", "Committed to live sandboxes", ["resource"], registry=r
+        )
+        self.admission_budget = Gauge(
+            "wondercraft_admission_budget", "The host budget sandboxes may commit", ["resource"], registry=r
+        )
 
         # Training cycles (set by the petals service)
         self.training_cycles = Counter(
