@@ -370,6 +370,10 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int repo
         die(report_fd, "chdir /", errno);
 
     trace("create: pivot_root");
+    if (trace_fd >= 0) {
+        close(trace_fd);
+        trace_fd = -1;
+    }
     blank_command_line();
     write_all(report_fd, "ok\n");
     close(report_fd);
