@@ -145,6 +145,75 @@ static void join_cgroups(int *fds, int count, int report_fd)
     }
 }
 
+/* clone3(CLONE_INTO_CGROUP): the child is born in a cgroup2 directory instead of being
+ * moved there. A move takes the kernel's cgroup_threadgroup_rwsem for writing, which
+ * waits out an RCU grace period whenever no move happened lately: the tail of every
+ * sandbox start and execution. Kernels before 5.7 answer ENOSYS or E2BIG: fork, then
+ * join through cgroup.procs. */
+#define WC_CLONE_INTO_CGROUP 0x200000000ULL
+struct wc_clone_args {
+    unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+        set_tid_size, cgroup;
+};
+
+struct into_cgroup {
+    int dir_fd;   /* the cgroup2 directory, or -1 */
+    int procs_fd; /* its cgroup.procs, for the fallback */
+    int joined;   /* the child was born there */
+};
+
+static void open_into(const char *dir, struct into_cgroup *into, int report_fd)
+{
+    char path[PATH_MAX];
+    into->dir_fd = into->procs_fd = -1;
+    into->joined = 0;
+    if (!dir)
+        return;
+    into->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+    into->procs_fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (into->dir_fd < 0 || into->procs_fd < 0)
+        die(report_fd, "open cgroup", errno);
+}
+
+static pid_t fork_into(struct into_cgroup *into)
+{
+    if (into->dir_fd >= 0) {
+        struct wc_clone_args args;
+        memset(&args, 0, sizeof args);
+        args.flags = WC_CLONE_INTO_CGROUP;
+        args.exit_signal = SIGCHLD;
+        args.cgroup = (unsigned long long)into->dir_fd;
+        long pid = syscall(SYS_clone3, &args, sizeof args);
+        if (pid >= 0) {
+            into->joined = 1;
+            return (pid_t)pid;
+        }
+        if (errno != ENOSYS && errno != E2BIG && errno != EINVAL)
+            return -1;
+    }
+    return fork();
+}
+
+/* In the child: join through cgroup.procs unless it was born in the cgroup. */
+static void finish_into(struct into_cgroup *into, int report_fd)
+{
+    if (into->procs_fd >= 0 && !into->joined && write(into->procs_fd, "0", 1) != 1)
+        die(report_fd, "join cgroup", errno);
+    if (into->procs_fd >= 0)
+        close(into->procs_fd);
+    if (into->dir_fd >= 0)
+        close(into->dir_fd);
+}
+
+static void close_into(struct into_cgroup *into)
+{
+    if (into->procs_fd >= 0)
+        close(into->procs_fd);
+    if (into->dir_fd >= 0)
+        close(into->dir_fd);
+}
+
 static int open_cgroups(char **paths, int count, int *fds)
 {
     for (int i = 0; i < count; i++) {
@@ -169,6 +238,7 @@ struct create_opts {
     int ndevs;
     char *cgroups[MAX_ITEMS];
     int ncgroups;
+    const char *cgroup_into; /* cgroup2 directory PID 1 is born in */
     char *writable[MAX_ITEMS]; /* directories inside the root owned by uid:gid */
     int nwritable;
     uid_t uid;
@@ -266,11 +336,12 @@ static void reap_forever(void)
     }
 }
 
-static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int report_fd)
+static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, struct into_cgroup *into, int report_fd)
 {
     char path[PATH_MAX], root[PATH_MAX], options[PATH_MAX * 2 + 64];
 
     trace("create: fork");
+    finish_into(into, report_fd);
     join_cgroups(cgroup_fds, o->ncgroups, report_fd);
     /* Its own cgroup namespace, rooted where it now is: /proc/self/cgroup inside
      * shows no host cgroup path. Execs join it after joining their own cgroup. */
@@ -432,6 +503,8 @@ static int cmd_create(int argc, char **argv)
             o.devs[o.ndevs++] = (char *)value;
         else if (!strcmp(flag, "--cgroup-procs") && o.ncgroups < MAX_ITEMS)
             o.cgroups[o.ncgroups++] = (char *)value;
+        else if (!strcmp(flag, "--cgroup-into"))
+            o.cgroup_into = value;
         else if (!strcmp(flag, "--writable") && o.nwritable < MAX_ITEMS)
             o.writable[o.nwritable++] = (char *)value;
         else {
@@ -450,6 +523,8 @@ static int cmd_create(int argc, char **argv)
     int cgroup_fds[MAX_ITEMS];
     if (open_cgroups(o.cgroups, o.ncgroups, cgroup_fds) < 0)
         die(o.ready_fd, "open cgroup.procs", errno);
+    struct into_cgroup into;
+    open_into(o.cgroup_into, &into, o.ready_fd);
     int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID;
     if (o.isolate_net)
         flags |= CLONE_NEWNET;
@@ -461,17 +536,18 @@ static int cmd_create(int argc, char **argv)
     int report[2];
     if (pipe2(report, O_CLOEXEC) < 0)
         die(o.ready_fd, "pipe", errno);
-    pid_t child = fork();
+    pid_t child = fork_into(&into);
     if (child < 0)
         die(o.ready_fd, "fork", errno);
     if (child == 0) {
         close(report[0]);
         close(o.ready_fd);
         die_with_parent(0);
-        become_sandbox_init(&o, cgroup_fds, report[1]);
+        become_sandbox_init(&o, cgroup_fds, &into, report[1]);
         _exit(0);
     }
     close(report[1]);
+    close_into(&into);
     for (int i = 0; i < o.ncgroups; i++)
         close(cgroup_fds[i]);
 
@@ -651,6 +727,7 @@ static int cmd_exec(int argc, char **argv)
     rlim_t nofile = 1024;
     const char *workdir = "/";
     int status_fd = -1, env_fd = -1, i;
+    const char *cgroup_into = NULL;
     char *cgroups[MAX_ITEMS];
     int ncgroups = 0;
     for (i = 0; i < argc; i++) {
@@ -679,6 +756,8 @@ static int cmd_exec(int argc, char **argv)
             status_fd = atoi(value);
         else if (!strcmp(flag, "--env-fd"))
             env_fd = atoi(value);
+        else if (!strcmp(flag, "--cgroup-into"))
+            cgroup_into = value;
         else if (!strcmp(flag, "--cgroup-procs") && ncgroups < MAX_ITEMS)
             cgroups[ncgroups++] = (char *)value;
         else {
@@ -698,6 +777,8 @@ static int cmd_exec(int argc, char **argv)
     int cgroup_fds[MAX_ITEMS];
     if (open_cgroups(cgroups, ncgroups, cgroup_fds) < 0)
         die(status_fd, "open cgroup.procs", errno);
+    struct into_cgroup into;
+    open_into(cgroup_into, &into, status_fd);
     int ns_fds[NNAMESPACES];
     char path[64];
     for (int k = 0; k < NNAMESPACES; k++) {
@@ -721,7 +802,7 @@ static int cmd_exec(int argc, char **argv)
     int errpipe[2];
     if (pipe2(errpipe, O_CLOEXEC) < 0)
         die(status_fd, "pipe", errno);
-    pid_t child = fork();
+    pid_t child = fork_into(&into);
     if (child < 0)
         die(status_fd, "fork", errno);
     if (child == 0) {
@@ -729,6 +810,7 @@ static int cmd_exec(int argc, char **argv)
         close(status_fd);
         die_with_parent(0);
         trace("exec: fork");
+        finish_into(&into, errpipe[1]);
         join_cgroups(cgroup_fds, ncgroups, errpipe[1]);
         /* After the cgroup move: from inside the namespace, a move from the service's
          * cgroup (outside its root) would be refused. */
@@ -773,6 +855,7 @@ static int cmd_exec(int argc, char **argv)
     close(errpipe[1]);
     close(env_fd);
     close(cgroupns_fd);
+    close_into(&into);
     for (int k = 0; k < ncgroups; k++)
         close(cgroup_fds[k]);
 

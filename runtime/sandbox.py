@@ -439,9 +439,15 @@ class SandboxManager:
             args += ["--bind", bind.arg()]
         for node in [*mounts.DEFAULT_DEVICES, *gpus.device_nodes(sandbox.gpus)]:
             args += ["--dev", node]
-        for path in sandbox._cgroup.init_procs_files:
-            args += ["--cgroup-procs", path]
-        return args
+        return args + self._cgroup_args(sandbox._cgroup.init_procs_files)
+
+    def _cgroup_args(self, procs_files: list[str]) -> list[str]:
+        """How the launcher puts its child in a cgroup: on v2 born there (clone3 with
+        CLONE_INTO_CGROUP: no migration, whose RCU grace period was the tail of every start
+        and exec), on v1 moved through each hierarchy's cgroup.procs."""
+        if self.cgroups.mode == "v2" and len(procs_files) == 1:
+            return ["--cgroup-into", os.path.dirname(procs_files[0])]
+        return [arg for path in procs_files for arg in ("--cgroup-procs", path)]
 
     def _identity(self, sandbox: Sandbox) -> ProcessIdentity:
         """What the sandbox's processes run as: its own uid and gid when it was given one."""
@@ -661,7 +667,7 @@ class SandboxManager:
             proc = await process.spawn(
                 [
                     self._launcher, *self._trace_args, "exec", "--target", str(sandbox.init_pid),
-                    *[a for p in execution.cgroup.procs_files for a in ("--cgroup-procs", p)],
+                    *self._cgroup_args(execution.cgroup.procs_files),
                     *self._identity(sandbox).exec_args(), "--workdir", workdir, "--status-fd", str(status_w),
                     "--env-fd", str(env_fd), "--", *argv,
                 ],
