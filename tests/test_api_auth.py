@@ -46,6 +46,7 @@ SAMPLES = {
     ),
     "execute_in_sandbox": ("POST", "/v1/sandbox/execute", {"sandboxId": "{sandbox}", "command": ["true"]}),
     "destroy_sandbox": ("DELETE", "/v1/sandbox/{sandbox}", None),
+    "end_execution": ("DELETE", "/v1/sandbox/{sandbox}/executions/{execution}", None),
     "sandbox_status": ("GET", "/v1/sandbox/status/{sandbox}", None),
     "list_sandboxes": ("GET", "/v1/sandbox", None),
     "train": ("POST", "/v1/petals/train", {"agentId": "agent-a", **MATRIX_JOB}),
@@ -71,7 +72,7 @@ SAMPLES = {
     "audit_host": ("GET", "/v1/admin/audit/host", None),
 }
 # Another agent's sandbox or cycle answers 404 exactly like a missing one.
-OWNED = {"execute_in_sandbox", "destroy_sandbox", "sandbox_status", "cycle_status"}
+OWNED = {"execute_in_sandbox", "destroy_sandbox", "end_execution", "sandbox_status", "cycle_status"}
 # Shared models are readable by every agent.
 SHARED = {"shared_model", "model_versions", "predict"}
 
@@ -116,6 +117,14 @@ def _call(server, operation_id: str, token: str | None):
     # Destroying uses up a sandbox: each call gets a fresh one of agent-a's.
     sandbox_id = _agent_a_sandbox(server) if operation_id == "destroy_sandbox" else server.sandbox_id
     path = path.replace("{sandbox}", sandbox_id).replace("{cycle}", server.cycle_id)
+    if "{execution}" in path:
+        # Ending uses up a background execution: each call gets a fresh one of agent-a's.
+        started = {"sandboxId": sandbox_id, "command": ["sleep", "60"], "detach": True}
+        status, body, _ = http(
+            "POST", server.url + "/v1/sandbox/execute", started, token=server.tokens["agent-a"]
+        )
+        assert status == 202, body
+        path = path.replace("{execution}", body["executionId"])
     if body is not None:
         body = {k: (sandbox_id if v == "{sandbox}" else v) for k, v in body.items()}
     if operation_id == "telemetry_stream":
@@ -140,6 +149,7 @@ def test_every_operation_has_an_auth_sample(operations):
             .replace("matrix-victim", "{agentId}")
             .replace("{sandbox}", "{sandboxId}")
             .replace("{cycle}", "{cycleId}")
+            .replace("{execution}", "{executionId}")
         )
         assert operations[operation_id][:2] == (method, documented), operation_id
 
