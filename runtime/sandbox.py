@@ -137,6 +137,7 @@ class Execution:
     task: asyncio.Task | None = None  # background executions only
     result: ExecResult | None = None  # background executions, once ended
     oom_kills_counted: int = 0  # v1: this execution's OOM kills already added to the sandbox's
+    end_requested: asyncio.Event = field(default_factory=asyncio.Event)  # end it now (DELETE, a cap)
 
     @property
     def running(self) -> bool:
@@ -566,7 +567,7 @@ class SandboxManager:
             raise UnknownExecution(f"sandbox {sandbox_id} has no background execution {execution_id!r}")
         if execution.task is not None and not execution.task.done():
             execution.ending_reason = execution.ending_reason or "killed"
-            await self._end(execution)
+            execution.end_requested.set()
         result = await asyncio.shield(execution.task)
         sandbox.background.pop(execution_id, None)
         return result
@@ -585,6 +586,14 @@ class SandboxManager:
             raise SandboxNotRunning(f"sandbox {sandbox.id} is {sandbox.status}, not running")
         if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
             raise InvalidSpec("command must be a non-empty list of strings without NUL bytes")
+
+    async def _end_until_gone(self, execution: Execution, launcher: process.Child) -> None:
+        """Kill the execution until its launcher has seen the main process die: a child
+        that had not joined its cgroup yet when the first kill came is caught by the next."""
+        while launcher.returncode is None:
+            await self._end(execution)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(launcher.wait(), 0.2)
 
     async def _end(self, execution: Execution) -> None:
         """Kill everything in an execution's cgroup (and wait until it is empty)."""
@@ -706,39 +715,39 @@ class SandboxManager:
                 reason = self._violation(sandbox, execution, baseline, storage_was_full=storage_was_full)
                 if reason:
                     violation.append(reason)
-                    await self._end(execution)
+                    execution.end_requested.set()
                     return
 
         async def finished() -> None:
             # The launcher reports the main process's end; the pipes close once nothing
-            # of the execution holds them any more.
+            # of the execution holds them any more. (Shielded: a deadline must not cancel
+            # the readers, which keep what was read.)
             await proc.wait()
-            await asyncio.gather(readers[0], readers[1])
+            await asyncio.gather(*(asyncio.shield(task) for task in readers))
 
         readers = [loop.create_task(out.drain(proc.stdout)), loop.create_task(err.drain(proc.stderr))]
         helpers = [loop.create_task(read_status()), loop.create_task(feed_stdin())]
         watcher = loop.create_task(monitor())
+        ran = loop.create_task(finished())
+        asked = loop.create_task(execution.end_requested.wait())
         timed_out = False
         try:
-            try:
-                await asyncio.wait_for(finished(), timeout_s)
-            except TimeoutError:
-                timed_out = True
-            if timed_out or execution.ending_reason:
-                await self._end(execution)
-                await proc.wait()
+            await asyncio.wait((ran, asked), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if not ran.done():
+                timed_out = not asked.done()
+                await self._end_until_gone(execution, proc)
             # Processes of another execution may hold a copy of the pipes (passed over a
             # socket): after a short grace the service stops reading them.
             await asyncio.wait(readers, timeout=PIPE_GRACE_S)
         except asyncio.CancelledError:
+            proc.kill()  # its child has PR_SET_PDEATHSIG: it dies too, joined or not
             await asyncio.shield(self._end(execution))
             raise
         finally:
-            watcher.cancel()
-            for task in readers:
+            for task in (watcher, ran, asked, *readers):
                 task.cancel()
             proc.close_pipes()
-            await asyncio.gather(*readers, *helpers, return_exceptions=True)
+            await asyncio.gather(watcher, ran, asked, *readers, *helpers, return_exceptions=True)
         mark = _lap(sandbox, "exec_wait", mark)
         status = parse_exec_status(status_lines)
         # A dozen reads of in-memory cgroup files (~0.15 ms): cheaper here than a thread trip.

@@ -615,6 +615,11 @@ COMPONENTS.update(
                     "additionalProperties": False,
                     "properties": {"total": NON_NEGATIVE_INT, "free": NON_NEGATIVE_INT},
                 },
+                "admission": {
+                    "type": ["object", "null"],
+                    "description": "Committed to live sandboxes against the host budget (memoryMB, cpuCores, "
+                    "gpus: {committed, budget}), the per-agent quota and each agent's share",
+                },
                 "shutdownGraceSeconds": {"type": "number", "minimum": 0},
             },
         },

@@ -227,11 +227,14 @@ def test_admission_answers_409_and_429_naming_the_budget_and_admin_status_shows_
 def test_a_detached_execution_is_listed_in_status_and_ended_by_delete(server):
     sandbox = create(server)
     sandbox_id = sandbox["sandboxId"]
-    status, started, _ = execute(
-        server, sandbox_id, ["sh", "-c", "echo started; exec sleep 1000"], detach=True
-    )
+    script = "echo started; touch /work/ready; exec sleep 1000"
+    status, started, _ = execute(server, sandbox_id, ["sh", "-c", script], detach=True)
     assert status == 202 and started["status"] == "running", started
     execution_id = started["executionId"]
+    deadline = time.monotonic() + 20
+    while execute(server, sandbox_id, ["test", "-e", "/work/ready"])[1]["exitCode"] != 0:
+        assert time.monotonic() < deadline, "the background execution never started"
+        time.sleep(0.05)
     status, view, _ = http("GET", f"{server.url}/v1/sandbox/status/{sandbox_id}", token=server.token)
     assert [e["executionId"] for e in view["backgroundExecutions"]] == [execution_id]
     status, ended, _ = http("DELETE", f"{server.url}/v1/sandbox/{sandbox_id}/executions/{execution_id}",

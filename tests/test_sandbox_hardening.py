@@ -81,19 +81,25 @@ def test_callers_env_is_data_applied_inside_and_never_the_launchers(sandboxes, b
     manager = sandboxes.manager
     execution = sandboxes.call(manager.start_background(box.id, ["sleep", "30"], env=env))
     try:
-        launchers = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-                environ = open(f"/proc/{pid}/environ", "rb").read()
-            except OSError:
-                continue
-            if b"exec" in argv and str(box.init_pid).encode() in argv and argv[0].endswith(b"wc-init"):
-                launchers.append(dict(e.decode().split("=", 1) for e in environ.split(b"\0") if e))
-        assert launchers, "no launcher found for the running execution"
+        launchers: list[dict] = []
+        assert wait_for(lambda: bool(launchers.extend(_launcher_envs(box.init_pid)) or launchers))
         assert all(found == LAUNCHER_ENV for found in launchers), launchers
     finally:
         sandboxes.call(manager.end_background(box.id, execution.id))
+
+
+def _launcher_envs(init_pid: int) -> list[dict]:
+    """The environment of every host process running wc-init exec into this sandbox."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            environ = open(f"/proc/{pid}/environ", "rb").read()
+        except OSError:
+            continue
+        if argv[0].endswith(b"wc-init") and b"exec" in argv and str(init_pid).encode() in argv:
+            found.append(dict(e.decode().split("=", 1) for e in environ.split(b"\0") if e))
+    return found
 
 
 def test_start_errors_name_no_host_path(sandboxes, tmp_path):
@@ -414,3 +420,28 @@ def test_timeouts_hold_for_concurrent_executions_too(sandboxes, box):
     assert time.monotonic() - started < 1.5 + 2
     assert held.termination_reason == "timeout" and quick.termination_reason is None
     assert quick.stdout == b"b\n"
+
+
+def test_the_service_is_protected_and_sandboxes_are_the_oom_killers_first_choice(tmp_path):
+    reserve = 64 << 20
+    manager = SyncManager(tmp_path / "state", service_reserve_bytes=reserve)
+    try:
+        sandbox = manager.create(caps=ResourceCaps(**SMALL))
+        assert out(manager.sh(sandbox, "cat /proc/self/oom_score_adj")) == "500\n"
+        backend = manager.manager.cgroups
+        if backend.mode == "v2":
+            for name in ("memory.min", "memory.low"):
+                assert open(os.path.join(backend.supervisor_dir, name)).read().strip() == str(reserve)
+        if _has_cap_sys_resource():
+            # The floor is set by a writer with CAP_SYS_RESOURCE: inside, it cannot go lower.
+            assert manager.sh(sandbox, "echo 0 > /proc/self/oom_score_adj").exit_code != 0
+            assert open("/proc/self/oom_score_adj").read().strip() == "-500"
+            assert manager.manager.protection["oom_score_adj"] == -500
+        manager.destroy(sandbox)
+    finally:
+        manager.close()
+
+
+def _has_cap_sys_resource() -> bool:
+    effective = int(open("/proc/self/status").read().split("CapEff:")[1].split()[0], 16)
+    return bool(effective >> 24 & 1)
