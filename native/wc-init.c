@@ -310,10 +310,17 @@ static void loopback_up(int report_fd)
     close(sock);
 }
 
-static void drop_all_capabilities(void)
+/* Past the kernel's last capability PR_CAPBSET_DROP answers EINVAL: stop there. */
+static void drop_bounding_set(void)
 {
     for (int cap = 0; cap <= 63; cap++)
-        prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno == EINVAL)
+            break;
+}
+
+static void drop_all_capabilities(void)
+{
+    drop_bounding_set();
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
@@ -830,8 +837,7 @@ static int cmd_exec(int argc, char **argv)
         if (chdir(workdir) < 0)
             die(errpipe[1], "chdir workdir", errno);
         trace("exec: setsid, rlimits, chdir");
-        for (int cap = 0; cap <= 63; cap++)
-            prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+        drop_bounding_set();
         trace("exec: bounding set");
         if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
             die(errpipe[1], "drop to unprivileged user", errno);

@@ -93,6 +93,11 @@ class SandboxCgroup(ABC):
         """kill(), then remove the directories. Idempotent; works half-created or
         already removed."""
 
+    @abstractmethod
+    def remove_if_empty(self) -> bool:
+        """Remove the directories (child cgroups first) if nothing is inside, without
+        killing or waiting; True once gone, False if something still is."""
+
 
 class CgroupBackend(ABC):
     mode: str  # "v2" or "v1"

@@ -220,6 +220,18 @@ class V1SandboxCgroup(SandboxCgroup):
                 pass
         return wait_until(lambda: not self.pids(), 0.2)
 
+    def remove_if_empty(self) -> bool:
+        try:
+            for path in self.paths:
+                for child in child_dirs(path):
+                    rmdir(os.path.join(path, child))
+                rmdir(path)
+        except OSError as e:
+            if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                return False
+            raise
+        return True
+
     def destroy(self) -> None:
         attempts = 5
         for attempt in range(attempts):

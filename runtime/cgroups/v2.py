@@ -170,6 +170,17 @@ class V2SandboxCgroup(SandboxCgroup):
                 "SIGKILL; expected it to empty (a process stuck in uninterruptible sleep?)"
             )
 
+    def remove_if_empty(self) -> bool:
+        try:
+            for child in child_dirs(self.path):
+                rmdir(os.path.join(self.path, child))
+            rmdir(self.path)
+        except OSError as e:
+            if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                return False
+            raise
+        return True
+
     def destroy(self) -> None:
         attempts = 4
         for attempt in range(attempts):
