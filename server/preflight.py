@@ -169,14 +169,31 @@ def check_kernel(release: str | None = None) -> Check:
     )  # fmt: skip
 
 
+def _cgroup_mount_lines() -> list[str]:
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    return [line for line in lines if " - cgroup" in line]
+
+
 def check_cgroup_mode(mode: str | None = None) -> Check:
     mode = mode or detect_mode()
     if mode == "v2":
         return Check("cgroup mode", PASS, "pure cgroup v2 (the primary design)")
     if mode in ("v1", "hybrid"):
+        # On v1 each sandbox start and execution moves a process into its cgroups; without
+        # favordynmods the first move after a quiet spell waits out an RCU grace period.
+        favoured = any("favordynmods" in line.split(" - ")[-1] for line in _cgroup_mount_lines())
+        moves = (
+            ""
+            if favoured
+            else "; each sandbox start and execution waits ~6-8 ms for its first cgroup move after a quiet spell"
+        )
         return Check(
-            "cgroup mode", WARN, f"{mode}: sandboxes use the v1 controllers; pure v2 is the primary design",
-            "boot with systemd.unified_cgroup_hierarchy=1 (and without cgroup_no_v1=) for pure v2",
+            "cgroup mode", WARN, f"{mode}: sandboxes use the v1 controllers; pure v2 is the primary design{moves}",
+            "boot with systemd.unified_cgroup_hierarchy=1 (and without cgroup_no_v1=) for pure v2"
+            + ("" if favoured else ", or remount a cgroup hierarchy with -o remount,favordynmods (kernel 6.0+)"),
         )  # fmt: skip
     return Check(
         "cgroup mode", FAIL, "no cgroup filesystem is mounted",
