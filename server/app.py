@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from native import LauncherRefused
 from runtime.admission import Admission, AgentQuota, HostBudget
 from runtime.cgroups import detect_mode
 from runtime.gpu import discover as discover_gpus
@@ -20,7 +21,7 @@ from .api import build_api
 from .audit import AuditLog
 from .auth import AgentRegistry
 from .config import Settings
-from .errors import WonderCraftError
+from .errors import StartupRefused, WonderCraftError
 from .metrics import LoopLagMonitor, Metrics
 from .openapi import API_KEY
 from .petals import PetalsService
@@ -162,14 +163,18 @@ def create_app(settings: Settings, store: Store, admin_token: str | None = None)
     metrics = Metrics()
     audit = AuditLog(store, metrics)
     state_dir = Path(store.path).resolve().parent
-    runtime = SandboxManager(
-        state_dir,
-        rootfs_image=Path(settings.rootfs_image) if settings.rootfs_image else None,
-        output_limit_bytes=settings.sandbox_output_limit_bytes,
-        admission=admission_from(settings),
-        uid_range=settings.sandbox_uid_range,
-        service_reserve_bytes=settings.sandbox_service_reserve_mb << 20,
-    )
+    try:
+        runtime = SandboxManager(
+            state_dir,
+            rootfs_image=Path(settings.rootfs_image) if settings.rootfs_image else None,
+            output_limit_bytes=settings.sandbox_output_limit_bytes,
+            admission=admission_from(settings),
+            uid_range=settings.sandbox_uid_range,
+            service_reserve_bytes=settings.sandbox_service_reserve_mb << 20,
+        )
+    except (LauncherRefused, ValueError) as exc:
+        # A dynamic launcher, or a uid range that holds host accounts: refused, named.
+        raise StartupRefused(str(exc)) from None
     telemetry = TelemetryService(
         store,
         metrics,

@@ -249,3 +249,11 @@ def test_a_detached_execution_is_listed_in_status_and_ended_by_delete(server):
     status, body, _ = http("DELETE", f"{server.url}/v1/sandbox/{sandbox_id}/executions/exec-x",
                            token=server.other)  # fmt: skip
     assert status in (400, 404), body
+
+
+def test_a_uid_range_holding_host_accounts_refuses_start_up_naming_them(tmp_path):
+    from tests.helpers import clean_env, run_serve
+
+    result = run_serve(tmp_path / "state", env=clean_env(SANDBOX_UID_RANGE="65530-65545"))
+    assert result.returncode != 0
+    assert "nobody (65534)" in result.stderr and "Traceback" not in result.stderr, result.stderr
