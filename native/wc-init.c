@@ -13,9 +13,17 @@
  * on --ready-fd and waits for PID 1, so the service can watch one child.
  *
  * `exec` joins the namespaces of an existing PID 1 (like `runc exec`); its
- * child joins the cgroup, drops to an unprivileged uid with every capability
- * gone, no_new_privs and a seccomp filter, and executes ARGV. The shim reports
- * "pid N", then "exit CODE ..." or "signal SIG ..." with rusage on --status-fd.
+ * child joins the execution's own cgroup and the sandbox's cgroup namespace,
+ * drops to the sandbox's uid with every capability gone, no_new_privs and a
+ * seccomp filter, takes its environment from --env-fd and executes ARGV. The
+ * shim reports "pid N", then "exit CODE ..." or "signal SIG ..." with rusage
+ * on --status-fd.
+ *
+ * Nothing the caller of the service chose reaches this program as environment:
+ * the service starts it with a fixed minimal one, and the caller's variables
+ * arrive as data (a memfd of NUL-separated NAME=VALUE) that only the exec
+ * child reads, after the privilege drop. Nothing printed here names a host
+ * pid or a host path; the sandbox's PID 1 blanks its own command line.
  *
  * Everything here runs in a freshly exec'd process, so it is free to use any
  * libc call; nothing here runs inside the Python service.
@@ -28,6 +36,7 @@
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/netlink.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
@@ -50,19 +59,47 @@
 
 #define MAX_ITEMS 64
 
-/* WC_INIT_TRACE=1: each step's duration on stderr, for the benchmark's breakdown. */
-static int tracing;
+/* `wc-init --trace-fd N ...`: each step's duration on fd N, for the benchmark's
+ * breakdown. Only the service passes it (never the sandbox's caller), and the
+ * lines name steps, not pids. */
+static int trace_fd = -1;
 static struct timespec trace_mark;
 
 static void trace(const char *step)
 {
-    if (!tracing)
+    if (trace_fd < 0)
         return;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     long us = (now.tv_sec - trace_mark.tv_sec) * 1000000L + (now.tv_nsec - trace_mark.tv_nsec) / 1000;
-    dprintf(2, "wc-init trace %d %s %ld us\n", (int)getpid(), step, us);
+    dprintf(trace_fd, "wc-init trace %s %ld us\n", step, us);
     trace_mark = now;
+}
+
+/* The command line's bytes, so PID 1 can blank them: /proc/1/cmdline is readable
+ * inside the sandbox and would show the host's state dir and cgroup paths. */
+static char *args_start;
+static size_t args_len;
+
+static void blank_command_line(void)
+{
+    if (!args_start || args_len < 8)
+        return;
+    memset(args_start, 0, args_len);
+    memcpy(args_start, "wc-init", 7);
+}
+
+/* Sandbox processes are the global OOM killer's first choice, never the service;
+ * written while still privileged, so they cannot lower it again. */
+static void prefer_for_oom_kill(void)
+{
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (write(fd, "500", 3) < 0) {
+            /* best effort: an older kernel without the file changes nothing else */
+        }
+        close(fd);
+    }
 }
 
 static void die(int fd, const char *stage, int err)
@@ -108,6 +145,75 @@ static void join_cgroups(int *fds, int count, int report_fd)
     }
 }
 
+/* clone3(CLONE_INTO_CGROUP): the child is born in a cgroup2 directory instead of being
+ * moved there. A move takes the kernel's cgroup_threadgroup_rwsem for writing, which
+ * waits out an RCU grace period whenever no move happened lately: the tail of every
+ * sandbox start and execution. Kernels before 5.7 answer ENOSYS or E2BIG: fork, then
+ * join through cgroup.procs. */
+#define WC_CLONE_INTO_CGROUP 0x200000000ULL
+struct wc_clone_args {
+    unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+        set_tid_size, cgroup;
+};
+
+struct into_cgroup {
+    int dir_fd;   /* the cgroup2 directory, or -1 */
+    int procs_fd; /* its cgroup.procs, for the fallback */
+    int joined;   /* the child was born there */
+};
+
+static void open_into(const char *dir, struct into_cgroup *into, int report_fd)
+{
+    char path[PATH_MAX];
+    into->dir_fd = into->procs_fd = -1;
+    into->joined = 0;
+    if (!dir)
+        return;
+    into->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+    into->procs_fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (into->dir_fd < 0 || into->procs_fd < 0)
+        die(report_fd, "open cgroup", errno);
+}
+
+static pid_t fork_into(struct into_cgroup *into)
+{
+    if (into->dir_fd >= 0) {
+        struct wc_clone_args args;
+        memset(&args, 0, sizeof args);
+        args.flags = WC_CLONE_INTO_CGROUP;
+        args.exit_signal = SIGCHLD;
+        args.cgroup = (unsigned long long)into->dir_fd;
+        long pid = syscall(SYS_clone3, &args, sizeof args);
+        if (pid >= 0) {
+            into->joined = 1;
+            return (pid_t)pid;
+        }
+        if (errno != ENOSYS && errno != E2BIG && errno != EINVAL)
+            return -1;
+    }
+    return fork();
+}
+
+/* In the child: join through cgroup.procs unless it was born in the cgroup. */
+static void finish_into(struct into_cgroup *into, int report_fd)
+{
+    if (into->procs_fd >= 0 && !into->joined && write(into->procs_fd, "0", 1) != 1)
+        die(report_fd, "join cgroup", errno);
+    if (into->procs_fd >= 0)
+        close(into->procs_fd);
+    if (into->dir_fd >= 0)
+        close(into->dir_fd);
+}
+
+static void close_into(struct into_cgroup *into)
+{
+    if (into->procs_fd >= 0)
+        close(into->procs_fd);
+    if (into->dir_fd >= 0)
+        close(into->dir_fd);
+}
+
 static int open_cgroups(char **paths, int count, int *fds)
 {
     for (int i = 0; i < count; i++) {
@@ -132,6 +238,7 @@ struct create_opts {
     int ndevs;
     char *cgroups[MAX_ITEMS];
     int ncgroups;
+    const char *cgroup_into; /* cgroup2 directory PID 1 is born in */
     char *writable[MAX_ITEMS]; /* directories inside the root owned by uid:gid */
     int nwritable;
     uid_t uid;
@@ -164,8 +271,9 @@ static void bind_into(const char *root, const char *src, const char *dst, int re
     char target[PATH_MAX];
     struct stat st;
     snprintf(target, sizeof target, "%s%s", root, dst);
+    /* Errors name the step, never the path: they travel to the sandbox's caller. */
     if (stat(src, &st) < 0)
-        die(report_fd, src, errno);
+        die(report_fd, "bind source", errno);
     if (S_ISDIR(st.st_mode)) {
         mkdir_p(target, 0755);
     } else {
@@ -181,7 +289,7 @@ static void bind_into(const char *root, const char *src, const char *dst, int re
             close(fd);
     }
     if (mount(src, target, NULL, MS_BIND | MS_REC, NULL) < 0)
-        die(report_fd, target, errno);
+        die(report_fd, "bind mount", errno);
     if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | remount_flags, NULL) < 0)
         die(report_fd, "remount bind", errno);
 }
@@ -202,10 +310,17 @@ static void loopback_up(int report_fd)
     close(sock);
 }
 
-static void drop_all_capabilities(void)
+/* Past the kernel's last capability PR_CAPBSET_DROP answers EINVAL: stop there. */
+static void drop_bounding_set(void)
 {
     for (int cap = 0; cap <= 63; cap++)
-        prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno == EINVAL)
+            break;
+}
+
+static void drop_all_capabilities(void)
+{
+    drop_bounding_set();
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
@@ -228,12 +343,18 @@ static void reap_forever(void)
     }
 }
 
-static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int report_fd)
+static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, struct into_cgroup *into, int report_fd)
 {
     char path[PATH_MAX], root[PATH_MAX], options[PATH_MAX * 2 + 64];
 
     trace("create: fork");
+    finish_into(into, report_fd);
     join_cgroups(cgroup_fds, o->ncgroups, report_fd);
+    /* Its own cgroup namespace, rooted where it now is: /proc/self/cgroup inside
+     * shows no host cgroup path. Execs join it after joining their own cgroup. */
+    if (unshare(CLONE_NEWCGROUP) < 0)
+        die(report_fd, "cgroup namespace", errno);
+    prefer_for_oom_kill();
     trace("create: join cgroups");
     if (o->isolate_net)
         loopback_up(report_fd);
@@ -283,7 +404,9 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int repo
     snprintf(path, sizeof path, "%s/dev/shm", root);
     mkdir(path, 01777);
     snprintf(options, sizeof options, "size=%llu,mode=1777", o->shm_bytes);
-    if (mount("wc-shm", path, "tmpfs", MS_NOSUID | MS_NODEV, options) < 0)
+    /* noexec: nothing needs to execute a file from shared memory; JITs map
+     * anonymous memory executable, which this does not touch. */
+    if (mount("wc-shm", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options) < 0)
         die(report_fd, "dev/shm tmpfs", errno);
     snprintf(path, sizeof path, "%s/dev", root);
     if (mount(NULL, path, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755") < 0)
@@ -325,6 +448,11 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, int repo
         die(report_fd, "chdir /", errno);
 
     trace("create: pivot_root");
+    if (trace_fd >= 0) {
+        close(trace_fd);
+        trace_fd = -1;
+    }
+    blank_command_line();
     write_all(report_fd, "ok\n");
     close(report_fd);
 
@@ -382,6 +510,8 @@ static int cmd_create(int argc, char **argv)
             o.devs[o.ndevs++] = (char *)value;
         else if (!strcmp(flag, "--cgroup-procs") && o.ncgroups < MAX_ITEMS)
             o.cgroups[o.ncgroups++] = (char *)value;
+        else if (!strcmp(flag, "--cgroup-into"))
+            o.cgroup_into = value;
         else if (!strcmp(flag, "--writable") && o.nwritable < MAX_ITEMS)
             o.writable[o.nwritable++] = (char *)value;
         else {
@@ -400,6 +530,8 @@ static int cmd_create(int argc, char **argv)
     int cgroup_fds[MAX_ITEMS];
     if (open_cgroups(o.cgroups, o.ncgroups, cgroup_fds) < 0)
         die(o.ready_fd, "open cgroup.procs", errno);
+    struct into_cgroup into;
+    open_into(o.cgroup_into, &into, o.ready_fd);
     int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID;
     if (o.isolate_net)
         flags |= CLONE_NEWNET;
@@ -411,17 +543,18 @@ static int cmd_create(int argc, char **argv)
     int report[2];
     if (pipe2(report, O_CLOEXEC) < 0)
         die(o.ready_fd, "pipe", errno);
-    pid_t child = fork();
+    pid_t child = fork_into(&into);
     if (child < 0)
         die(o.ready_fd, "fork", errno);
     if (child == 0) {
         close(report[0]);
         close(o.ready_fd);
         die_with_parent(0);
-        become_sandbox_init(&o, cgroup_fds, report[1]);
+        become_sandbox_init(&o, cgroup_fds, &into, report[1]);
         _exit(0);
     }
     close(report[1]);
+    close_into(&into);
     for (int i = 0; i < o.ncgroups; i++)
         close(cgroup_fds[i]);
 
@@ -487,6 +620,24 @@ static int install_seccomp(void)
                  0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* socket(): only the families the network namespace covers. AF_NETLINK only
+         * for NETLINK_ROUTE (the netns's own links and routes); uevents, audit,
+         * vsock, AF_ALG, packet sockets and the rest fail with EAFNOSUPPORT. */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 9),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 6, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 5, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 4, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 0, 2),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NETLINK_ROUTE, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socketpair, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         DENY(mount),
         DENY(umount2),
         DENY(pivot_root),
@@ -539,6 +690,42 @@ static int install_seccomp(void)
 static const char *NAMESPACES[] = {"ipc", "uts", "net", "pid", "mnt"};
 #define NNAMESPACES 5
 
+/* The caller's environment: NUL-separated NAME=VALUE entries in ENV_FD (a memfd the
+ * service filled), read by the exec child only, after it dropped every privilege. */
+static char **read_environment(int env_fd, int report_fd)
+{
+    struct stat st;
+    if (fstat(env_fd, &st) < 0)
+        die(report_fd, "environment", errno);
+    size_t size = (size_t)st.st_size;
+    char *block = malloc(size + 1);
+    if (!block)
+        die(report_fd, "environment", ENOMEM);
+    size_t done = 0;
+    while (done < size) {
+        ssize_t n = pread(env_fd, block + done, size - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            die(report_fd, "environment", n < 0 ? errno : EIO);
+        done += (size_t)n;
+    }
+    block[size] = '\0';
+    close(env_fd);
+    size_t count = 0;
+    for (size_t i = 0; i < size; i++)
+        count += block[i] == '\0';
+    char **env = calloc(count + 2, sizeof *env);
+    if (!env)
+        die(report_fd, "environment", ENOMEM);
+    size_t k = 0;
+    for (char *p = block; p < block + size; p += strlen(p) + 1)
+        if (*p && strchr(p, '='))
+            env[k++] = p;
+    env[k] = NULL;
+    return env;
+}
+
 static int cmd_exec(int argc, char **argv)
 {
     pid_t target = 0;
@@ -546,7 +733,8 @@ static int cmd_exec(int argc, char **argv)
     gid_t gid = 65534;
     rlim_t nofile = 1024;
     const char *workdir = "/";
-    int status_fd = -1, i;
+    int status_fd = -1, env_fd = -1, i;
+    const char *cgroup_into = NULL;
     char *cgroups[MAX_ITEMS];
     int ncgroups = 0;
     for (i = 0; i < argc; i++) {
@@ -573,6 +761,10 @@ static int cmd_exec(int argc, char **argv)
             workdir = value;
         else if (!strcmp(flag, "--status-fd"))
             status_fd = atoi(value);
+        else if (!strcmp(flag, "--env-fd"))
+            env_fd = atoi(value);
+        else if (!strcmp(flag, "--cgroup-into"))
+            cgroup_into = value;
         else if (!strcmp(flag, "--cgroup-procs") && ncgroups < MAX_ITEMS)
             cgroups[ncgroups++] = (char *)value;
         else {
@@ -581,8 +773,8 @@ static int cmd_exec(int argc, char **argv)
         }
     }
     char **command = argv + i;
-    if (target <= 0 || status_fd < 0 || i >= argc) {
-        fprintf(stderr, "wc-init exec: --target, --status-fd and a command after -- are required\n");
+    if (target <= 0 || status_fd < 0 || env_fd < 0 || i >= argc) {
+        fprintf(stderr, "wc-init exec: --target, --status-fd, --env-fd and a command after -- are required\n");
         return 2;
     }
     die_with_parent(getppid());
@@ -592,6 +784,8 @@ static int cmd_exec(int argc, char **argv)
     int cgroup_fds[MAX_ITEMS];
     if (open_cgroups(cgroups, ncgroups, cgroup_fds) < 0)
         die(status_fd, "open cgroup.procs", errno);
+    struct into_cgroup into;
+    open_into(cgroup_into, &into, status_fd);
     int ns_fds[NNAMESPACES];
     char path[64];
     for (int k = 0; k < NNAMESPACES; k++) {
@@ -600,6 +794,10 @@ static int cmd_exec(int argc, char **argv)
         if (ns_fds[k] < 0)
             die(status_fd, "open sandbox namespace", errno);
     }
+    snprintf(path, sizeof path, "/proc/%d/ns/cgroup", (int)target);
+    int cgroupns_fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (cgroupns_fd < 0)
+        die(status_fd, "open sandbox namespace", errno);
     trace("exec: open fds");
     for (int k = 0; k < NNAMESPACES; k++) {
         if (setns(ns_fds[k], 0) < 0)
@@ -611,7 +809,7 @@ static int cmd_exec(int argc, char **argv)
     int errpipe[2];
     if (pipe2(errpipe, O_CLOEXEC) < 0)
         die(status_fd, "pipe", errno);
-    pid_t child = fork();
+    pid_t child = fork_into(&into);
     if (child < 0)
         die(status_fd, "fork", errno);
     if (child == 0) {
@@ -619,7 +817,14 @@ static int cmd_exec(int argc, char **argv)
         close(status_fd);
         die_with_parent(0);
         trace("exec: fork");
+        finish_into(&into, errpipe[1]);
         join_cgroups(cgroup_fds, ncgroups, errpipe[1]);
+        /* After the cgroup move: from inside the namespace, a move from the service's
+         * cgroup (outside its root) would be refused. */
+        if (setns(cgroupns_fd, CLONE_NEWCGROUP) < 0)
+            die(errpipe[1], "join sandbox namespace", errno);
+        close(cgroupns_fd);
+        prefer_for_oom_kill();
         trace("exec: join cgroups");
         signal(SIGINT, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
@@ -632,8 +837,7 @@ static int cmd_exec(int argc, char **argv)
         if (chdir(workdir) < 0)
             die(errpipe[1], "chdir workdir", errno);
         trace("exec: setsid, rlimits, chdir");
-        for (int cap = 0; cap <= 63; cap++)
-            prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+        drop_bounding_set();
         trace("exec: bounding set");
         if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
             die(errpipe[1], "drop to unprivileged user", errno);
@@ -644,12 +848,20 @@ static int cmd_exec(int argc, char **argv)
         trace("exec: caps + no_new_privs");
         if (install_seccomp() < 0)
             die(errpipe[1], "seccomp", errno);
+        /* The caller's variables, only now: nothing privileged ever read them. PATH
+         * among them is what execvp searches. */
+        environ = read_environment(env_fd, errpipe[1]);
         trace("exec: seccomp filter");
+        if (trace_fd >= 0)
+            close(trace_fd);
         execvp(command[0], command);
         dprintf(errpipe[1], "error exec %s: %s\n", command[0], strerror(errno));
         _exit(127);
     }
     close(errpipe[1]);
+    close(env_fd);
+    close(cgroupns_fd);
+    close_into(&into);
     for (int k = 0; k < ncgroups; k++)
         close(cgroup_fds[k]);
 
@@ -683,13 +895,22 @@ static int cmd_exec(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    tracing = getenv("WC_INIT_TRACE") != NULL;
     clock_gettime(CLOCK_MONOTONIC, &trace_mark);
+    if (argc > 0) {
+        args_start = argv[0];
+        args_len = (size_t)(argv[argc - 1] + strlen(argv[argc - 1]) + 1 - argv[0]);
+    }
+    if (argc >= 3 && !strcmp(argv[1], "--trace-fd")) {
+        trace_fd = atoi(argv[2]);
+        argv[2] = argv[0];
+        argv += 2;
+        argc -= 2;
+    }
     if (argc >= 2 && !strcmp(argv[1], "create"))
         return cmd_create(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "exec"))
         return cmd_exec(argc - 2, argv + 2);
-    fprintf(stderr, "usage: wc-init create --stage DIR --lower DIR --ready-fd N [options]\n"
-                    "       wc-init exec --target PID --status-fd N [options] -- ARGV...\n");
+    fprintf(stderr, "usage: wc-init [--trace-fd N] create --stage DIR --lower DIR --ready-fd N [options]\n"
+                    "       wc-init [--trace-fd N] exec --target PID --status-fd N --env-fd N [options] -- ARGV...\n");
     return 2;
 }

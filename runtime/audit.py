@@ -24,7 +24,8 @@ class ResourceRecord:
     cpu_user_s: float | None = None
     cpu_system_s: float | None = None
     max_rss_bytes: int | None = None
-    cgroup: dict = field(default_factory=dict)  # CgroupUsage.as_dict() of the sandbox's cgroup
+    cgroup: dict = field(default_factory=dict)  # CgroupUsage.as_dict() of the execution's own cgroup
+    sandbox_cgroup: dict = field(default_factory=dict)  # ...and of the sandbox's, so far
     limits: dict = field(default_factory=dict)
 
     @property

@@ -56,6 +56,13 @@ class Child:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
+    def close_pipes(self) -> None:
+        """Stop reading and writing the child's pipes (copies held elsewhere stay open there)."""
+        for stream in (self.stdin, self.stdout, self.stderr):
+            transport = getattr(stream, "transport", None) or getattr(stream, "_transport", None)
+            if transport is not None:
+                transport.close()
+
 
 async def spawn(
     argv: Sequence[str],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -24,10 +25,21 @@ from pathlib import Path
 import native
 
 from . import gpu as gpus
-from . import mounts, network, process
+from . import mounts, network, process, uids
+from .admission import Admission
 from .audit import ResourceRecord, parse_exec_status
 from .cgroups.base import CgroupBackend, CgroupError, CgroupLimits, CgroupUsage, SandboxCgroup
+from .errors import (  # noqa: F401 - re-exported: callers import them from here
+    CapacityExhausted,
+    InvalidSpec,
+    SandboxError,
+    SandboxNotRunning,
+    StartFailed,
+    UnknownExecution,
+    UnknownSandbox,
+)
 from .privileges import ProcessIdentity
+from .uids import UidRange
 
 log = logging.getLogger("wondercraft.runtime")
 
@@ -36,31 +48,28 @@ SANDBOX_ID = re.compile(r"^sb-[0-9a-f]{12}$")
 MONITOR_INTERVAL_S = 0.05
 DEFAULT_OUTPUT_LIMIT = 1 << 20
 SHIM_EXIT_TIMEOUT_S = 10.0
+# After an execution's processes are killed, how long its pipes may stay open (a copy
+# passed to another execution) before the service stops reading them.
+PIPE_GRACE_S = 1.0
+MAX_BACKGROUND_EXECUTIONS = 16
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The only environment the root launcher ever sees; what a sandbox's caller sets travels
+# as data (environment_memfd) and is applied inside, after the privilege drop.
+LAUNCHER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 
 
-class SandboxError(Exception):
-    code = "sandbox_error"
-
-
-class InvalidSpec(SandboxError):
-    code = "invalid_spec"
-
-
-class CapacityExhausted(SandboxError):
-    code = "capacity"
-
-
-class StartFailed(SandboxError):
-    code = "start_failed"
-
-
-class SandboxNotRunning(SandboxError):
-    code = "not_running"
-
-
-class UnknownSandbox(SandboxError):
-    code = "not_found"
+def environment_memfd(environment: Mapping[str, str]) -> int:
+    """A sealed-size memfd of NUL-separated NAME=VALUE entries for wc-init exec --env-fd."""
+    block = b"".join(f"{key}={value}".encode() + b"\0" for key, value in environment.items())
+    fd = os.memfd_create("wc-env", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(block)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,28 @@ class ExecResult:
     truncated: bool
     duration_ms: float
     termination_reason: str | None
-    usage: dict
+    usage: dict  # ResourceRecord.as_dict(): this execution's cgroup, and the sandbox's so far
+    execution_id: str | None = None
+
+
+@dataclass
+class Execution:
+    """One run of a command in a sandbox, in its own child cgroup."""
+
+    id: str  # "exec-N", N counting the sandbox's executions
+    argv: list[str]
+    started_at: float
+    detached: bool = False
+    cgroup: SandboxCgroup | None = None
+    ending_reason: str | None = None  # "killed" once end_background() asked
+    task: asyncio.Task | None = None  # background executions only
+    result: ExecResult | None = None  # background executions, once ended
+    oom_kills_counted: int = 0  # v1: this execution's OOM kills already added to the sandbox's
+    end_requested: asyncio.Event = field(default_factory=asyncio.Event)  # end it now (DELETE, a cap)
+
+    @property
+    def running(self) -> bool:
+        return self.result is None and (self.task is None or not self.task.done())
 
 
 @dataclass
@@ -133,7 +163,10 @@ class Sandbox:
     _cgroup: SandboxCgroup | None = None
     _shim: process.Child | None = None
     _lifetime_timer: asyncio.TimerHandle | None = None
-    _running_groups: set[int] = field(default_factory=set)
+    exec_oom_kills: int = 0  # v1: OOM kills counted in executions' cgroups (v2 counts them upwards)
+    background: dict[str, Execution] = field(default_factory=dict)  # detached, until collected
+    uid: int | None = None  # its own uid and gid, from the manager's range
+    _running: dict[str, Execution] = field(default_factory=dict)
     _destroyed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -179,27 +212,47 @@ def _limits(caps: ResourceCaps, device: str | None) -> CgroupLimits:
     )  # fmt: skip
 
 
-async def _read_capped(stream: asyncio.StreamReader, limit: int, on_line: Callable[[str], None] | None):
-    """Read to EOF keeping at most `limit` bytes; keep draining so the writer never blocks."""
-    kept = bytearray()
-    total = 0
-    pending = b""
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            break
-        total += len(chunk)
-        if len(kept) < limit:
-            kept += chunk[: limit - len(kept)]
-        if on_line is not None:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                on_line(line[:4096].decode(errors="replace"))
-            pending = pending[-4096:]
-    if on_line is not None and pending:
-        on_line(pending.decode(errors="replace"))
-    return bytes(kept), total > limit
+class _Capture:
+    """One output pipe read to EOF, keeping at most `limit` bytes and draining the rest so
+    the writer never blocks; what was read stays here if reading is cut short."""
+
+    def __init__(self, limit: int, on_line: Callable[[str], None] | None = None) -> None:
+        self.limit = limit
+        self.on_line = on_line
+        self._kept = bytearray()
+        self._total = 0
+        self._pending = b""
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self._kept)
+
+    @property
+    def truncated(self) -> bool:
+        return self._total > self.limit
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        try:
+            while chunk := await stream.read(65536):
+                self._total += len(chunk)
+                if len(self._kept) < self.limit:
+                    self._kept += chunk[: self.limit - len(self._kept)]
+                if self.on_line is not None:
+                    self._pending += chunk
+                    *lines, self._pending = self._pending.split(b"\n")
+                    for line in lines:
+                        self.on_line(line[:4096].decode(errors="replace"))
+                    self._pending = self._pending[-4096:]
+        finally:
+            if self.on_line is not None and self._pending:
+                self.on_line(self._pending.decode(errors="replace"))
+                self._pending = b""
+
+
+def _task_result(task: asyncio.Task) -> ExecResult | None:
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 class SandboxManager:
@@ -214,7 +267,15 @@ class SandboxManager:
         gpu_allocator: gpus.GpuAllocator | None = None,
         output_limit_bytes: int = DEFAULT_OUTPUT_LIMIT,
         rootfs_image: Path | None = None,
+        launcher: Path | None = None,
+        admission: Admission | None = None,
+        uid_range: UidRange | str | None = uids.DEFAULT_RANGE,
+        service_reserve_bytes: int | None = None,
     ) -> None:
+        """admission: the host budget and agent quotas every create is checked against
+        (None: unchecked); uid_range: where each sandbox's own uid comes from (None: all
+        run as their spec's identity); service_reserve_bytes: memory the service protects
+        for itself (memory.min on v2) and an OOM score below its sandboxes'."""
         self.state_dir = Path(state_dir).resolve()
         self.instance = instance or instance_name(self.state_dir)
         self._cgroups = cgroups
@@ -226,7 +287,16 @@ class SandboxManager:
         self.rootfs_image = Path(rootfs_image).resolve() if rootfs_image else None
         self._system_binds = mounts.system_binds(self.rootfs_image)
         self._sandboxes: dict[str, Sandbox] = {}
-        self._launcher = str(native.launcher_path())
+        self.admission = admission
+        if isinstance(uid_range, str):
+            uid_range = UidRange.parse(uid_range)
+        self.uids = uids.UidAllocator(uid_range) if uid_range is not None else None
+        self.service_reserve_bytes = service_reserve_bytes
+        self.protection: dict = {}
+        # Refused unless statically linked: it runs as root in the host's namespaces.
+        self._launcher = str(native.checked_launcher(launcher))
+        self._trace_args: list[str] = []
+        self._trace_fds: tuple[int, ...] = ()
         self._started = False
         self._block_device: str | None = None
         # Async callbacks the service registers: on_created(sandbox), on_destroyed(sandbox, record).
@@ -259,6 +329,8 @@ class SandboxManager:
         mounts.build_skeleton(self._lower, self.rootfs_image)
         self._stage.mkdir(parents=True, exist_ok=True)
         self.cgroups.prepare()
+        if self.service_reserve_bytes is not None:
+            self.protection = self.cgroups.protect_service(self.service_reserve_bytes)
 
     async def sweep_orphans(self) -> dict:
         """Remove cgroups and netns with this instance's prefix that no live sandbox owns."""
@@ -308,16 +380,28 @@ class SandboxManager:
         if not SANDBOX_ID.match(sandbox_id) or sandbox_id in self._sandboxes:
             raise InvalidSpec(f"sandbox id {sandbox_id!r} is malformed or already in use")
         now = time.time()
+        if self.admission is not None:
+            caps = spec.caps
+            self.admission.admit(
+                sandbox_id, spec.agent_id, memory_mb=caps.memory_mb, cpu_cores=caps.cpu_cores,
+                gpus=caps.gpu_count, expires_at=now + spec.lifetime_s,
+            )  # fmt: skip
         sandbox = Sandbox(sandbox_id, spec, created_at=now, expires_at=now + spec.lifetime_s)
         self._sandboxes[sandbox_id] = sandbox
         try:
+            if self.uids is not None:
+                try:
+                    sandbox.uid = self.uids.allocate()
+                except uids.UidsExhausted as exc:
+                    raise CapacityExhausted(str(exc)) from None
             try:
                 sandbox.gpus = self.gpus.allocate(spec.caps.gpu_count, sandbox_id)
             except gpus.GpuUnavailable as exc:
                 raise CapacityExhausted(str(exc)) from None
             mark = time.perf_counter()
             limits = _limits(spec.caps, self._block_device)
-            sandbox._cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, limits)
+            # A few mkdirs and writes in cgroupfs (~0.3 ms): cheaper inline than a thread trip.
+            sandbox._cgroup = self.cgroups.create(sandbox_id, limits, executions=True)
             mark = _lap(sandbox, "create_cgroup", mark)
             await self._start_init(sandbox)
             mark = _lap(sandbox, "create_init", mark)
@@ -325,8 +409,10 @@ class SandboxManager:
             network.attach(sandbox.netns, sandbox.init_pid)
             _lap(sandbox, "create_netns", mark)
         except BaseException:
-            await self._teardown(sandbox, reason="killed")
-            self._sandboxes.pop(sandbox_id, None)
+            try:
+                await self._teardown(sandbox, reason="killed")
+            finally:
+                self._sandboxes.pop(sandbox_id, None)
             raise
         sandbox.status = "running"
         sandbox.last_usage = CgroupUsage()  # a new cgroup has counted nothing yet
@@ -342,10 +428,10 @@ class SandboxManager:
     def _create_args(self, sandbox: Sandbox) -> list[str]:
         spec = sandbox.spec
         args = [
-            self._launcher, "create", "--stage", str(self._stage), "--lower", mounts.lower_dirs(self._lower, self.rootfs_image),
+            self._launcher, *self._trace_args, "create", "--stage", str(self._stage), "--lower", mounts.lower_dirs(self._lower, self.rootfs_image),
             "--hostname", spec.hostname, "--storage-bytes", str(spec.caps.storage_mb << 20),
             "--shm-bytes", str(min(64, spec.caps.storage_mb) << 20),
-            "--uid", str(spec.identity.uid), "--gid", str(spec.identity.gid),
+            "--uid", str(self._identity(sandbox).uid), "--gid", str(self._identity(sandbox).gid),
             "--writable", mounts.WORK_DIR, "--writable", mounts.OUT_DIR, "--ready-fd", "1",
         ]  # fmt: skip
         if spec.network == "isolated":
@@ -354,12 +440,32 @@ class SandboxManager:
             args += ["--bind", bind.arg()]
         for node in [*mounts.DEFAULT_DEVICES, *gpus.device_nodes(sandbox.gpus)]:
             args += ["--dev", node]
-        for path in sandbox._cgroup.procs_files:
-            args += ["--cgroup-procs", path]
-        return args
+        return args + self._cgroup_args(sandbox._cgroup.init_procs_files)
+
+    def _cgroup_args(self, procs_files: list[str]) -> list[str]:
+        """How the launcher puts its child in a cgroup: on v2 born there (clone3 with
+        CLONE_INTO_CGROUP: no migration, whose RCU grace period was the tail of every start
+        and exec), on v1 moved through each hierarchy's cgroup.procs."""
+        if self.cgroups.mode == "v2" and len(procs_files) == 1:
+            return ["--cgroup-into", os.path.dirname(procs_files[0])]
+        return [arg for path in procs_files for arg in ("--cgroup-procs", path)]
+
+    def _identity(self, sandbox: Sandbox) -> ProcessIdentity:
+        """What the sandbox's processes run as: its own uid and gid when it was given one."""
+        identity = sandbox.spec.identity
+        if sandbox.uid is None:
+            return identity
+        return dataclasses.replace(identity, uid=sandbox.uid, gid=sandbox.uid)
+
+    def trace_to(self, fd: int | None) -> None:
+        """Have the launcher write its step timings to fd (the benchmark's breakdown)."""
+        self._trace_args = [] if fd is None else ["--trace-fd", str(fd)]
+        self._trace_fds = () if fd is None else (fd,)
 
     async def _start_init(self, sandbox: Sandbox) -> None:
-        shim = await process.spawn(self._create_args(sandbox), stdout=True)
+        shim = await process.spawn(
+            self._create_args(sandbox), stdout=True, env=LAUNCHER_ENV, pass_fds=self._trace_fds
+        )
         sandbox._shim = shim
         line = (await shim.stdout.readline()).decode(errors="replace").strip()
         if not line.startswith("ready "):
@@ -393,19 +499,113 @@ class SandboxManager:
         output_limit_bytes: int | None = None,
         on_stderr_line: Callable[[str], None] | None = None,
     ) -> ExecResult:
+        """Run argv and wait for it. It returns by timeout_s (plus a short grace for the
+        pipes), whatever the process tree does; when it returns, everything it started
+        is gone (its cgroup is killed and removed)."""
         sandbox = self.get(sandbox_id)
+        execution = self._begin(sandbox, argv, detached=False)
         sandbox.active_execs += 1
         try:
             return await self._execute(
-                sandbox, argv, timeout_s=timeout_s, env=env, stdin=stdin, workdir=workdir,
+                sandbox, execution, argv, timeout_s=timeout_s, env=env, stdin=stdin, workdir=workdir,
                 output_limit_bytes=output_limit_bytes, on_stderr_line=on_stderr_line,
             )  # fmt: skip
         finally:
             sandbox.active_execs -= 1
+            sandbox._running.pop(execution.id, None)
+
+    async def start_background(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes = b"",
+        workdir: str = mounts.WORK_DIR,
+        output_limit_bytes: int | None = None,
+    ) -> Execution:
+        """Start argv as a background (detached) execution and return at once. It runs in
+        its own cgroup until it ends, end_background() ends it, or the sandbox goes; it is
+        listed in sandbox.background until end_background() collects it."""
+        sandbox = self.get(sandbox_id)
+        if len(sandbox.background) >= MAX_BACKGROUND_EXECUTIONS:
+            raise CapacityExhausted(
+                f"sandbox {sandbox_id} already has {MAX_BACKGROUND_EXECUTIONS} background executions; "
+                "end one first"
+            )
+        self._check_runnable(sandbox, argv)
+        execution = self._begin(sandbox, argv, detached=True)
+        sandbox.background[execution.id] = execution
+        sandbox.active_execs += 1
+        started = asyncio.get_running_loop().create_future()
+
+        async def run() -> ExecResult:
+            try:
+                return await self._execute(
+                    sandbox, execution, argv, timeout_s=timeout_s, env=env, stdin=stdin, workdir=workdir,
+                    output_limit_bytes=output_limit_bytes, on_stderr_line=None, started=started,
+                )  # fmt: skip
+            finally:
+                sandbox.active_execs -= 1
+                sandbox._running.pop(execution.id, None)
+                if not started.done():
+                    started.set_result(None)
+
+        execution.task = asyncio.get_running_loop().create_task(run())
+        execution.task.add_done_callback(lambda task: setattr(execution, "result", _task_result(task)))
+        await asyncio.shield(started)  # the launcher is running (or failed) by now
+        if execution.task.done():
+            execution.task.result()  # raises what the start raised
+        return execution
+
+    async def end_background(self, sandbox_id: str, execution_id: str) -> ExecResult:
+        """End a background execution (everything in its cgroup) and collect its result."""
+        sandbox = self.get(sandbox_id)
+        execution = sandbox.background.get(execution_id)
+        if execution is None:
+            raise UnknownExecution(f"sandbox {sandbox_id} has no background execution {execution_id!r}")
+        if execution.task is not None and not execution.task.done():
+            execution.ending_reason = execution.ending_reason or "killed"
+            execution.end_requested.set()
+        result = await asyncio.shield(execution.task)
+        sandbox.background.pop(execution_id, None)
+        return result
+
+    def _begin(self, sandbox: Sandbox, argv: Sequence[str], *, detached: bool) -> Execution:
+        sandbox.executions += 1
+        execution = Execution(
+            id=f"exec-{sandbox.executions}", argv=list(argv), started_at=time.time(), detached=detached
+        )
+        sandbox._running[execution.id] = execution
+        return execution
+
+    @staticmethod
+    def _check_runnable(sandbox: Sandbox, argv: Sequence[str]) -> None:
+        if not sandbox.alive:
+            raise SandboxNotRunning(f"sandbox {sandbox.id} is {sandbox.status}, not running")
+        if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+            raise InvalidSpec("command must be a non-empty list of strings without NUL bytes")
+
+    async def _end_until_gone(self, execution: Execution, launcher: process.Child) -> None:
+        """Kill the execution until its launcher has seen the main process die: a child
+        that had not joined its cgroup yet when the first kill came is caught by the next."""
+        while launcher.returncode is None:
+            await self._end(execution)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(launcher.wait(), 0.2)
+
+    async def _end(self, execution: Execution) -> None:
+        """Kill everything in an execution's cgroup (and wait until it is empty)."""
+        cgroup = execution.cgroup
+        if cgroup is not None:
+            with contextlib.suppress(CgroupError, OSError):
+                await asyncio.to_thread(cgroup.kill)
 
     async def _execute(
         self,
         sandbox: Sandbox,
+        execution: Execution,
         argv: Sequence[str],
         *,
         timeout_s: float | None,
@@ -414,16 +614,12 @@ class SandboxManager:
         workdir: str,
         output_limit_bytes: int | None,
         on_stderr_line: Callable[[str], None] | None,
+        started: asyncio.Future | None = None,
     ) -> ExecResult:
-        sandbox_id = sandbox.id
-        if not sandbox.alive:
-            raise SandboxNotRunning(f"sandbox {sandbox_id} is {sandbox.status}, not running")
-        if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
-            raise InvalidSpec("command must be a non-empty list of strings without NUL bytes")
+        self._check_runnable(sandbox, argv)
         environment = self._environment(sandbox, env or {})
         limit = output_limit_bytes or self.output_limit_bytes
-        status_r, status_w = os.pipe()
-        started = time.monotonic()
+        began = time.monotonic()
         if sandbox.active_execs > 1 or sandbox.last_usage is None:
             baseline = await asyncio.to_thread(self._usage, sandbox)
         else:
@@ -432,35 +628,79 @@ class SandboxManager:
             baseline = sandbox.last_usage
         # A full upper layer at the start is not this exec's doing (it may be here to clean up).
         storage_was_full = self._storage_full(sandbox)
+        # A few mkdirs in cgroupfs: cheaper inline than a thread trip.
+        mark = time.perf_counter()
+        try:
+            execution.cgroup = sandbox._cgroup.create_execution(execution.id)
+        except CgroupError:
+            raise SandboxNotRunning(f"sandbox {sandbox.id} is ending, not running") from None
+        _lap(sandbox, "exec_cgroup", mark)
+        try:
+            return await self._run(
+                sandbox, execution, argv, environment, baseline, storage_was_full, began,
+                timeout_s=timeout_s, stdin=stdin, workdir=workdir, limit=limit,
+                on_stderr_line=on_stderr_line, started=started,
+            )  # fmt: skip
+        finally:
+            # Whatever it left (a setsid daemon, a process that closed its pipes) ends with it.
+            cgroup = execution.cgroup
+            mark = time.perf_counter()
+            try:
+                cgroup.destroy()
+            except (CgroupError, OSError):
+                with contextlib.suppress(CgroupError, OSError):
+                    await asyncio.to_thread(cgroup.destroy)
+            _lap(sandbox, "exec_cgroup_remove", mark)
+
+    async def _run(
+        self,
+        sandbox: Sandbox,
+        execution: Execution,
+        argv: Sequence[str],
+        environment: dict[str, str],
+        baseline: CgroupUsage,
+        storage_was_full: bool,
+        began: float,
+        *,
+        timeout_s: float | None,
+        stdin: bytes,
+        workdir: str,
+        limit: int,
+        on_stderr_line: Callable[[str], None] | None,
+        started: asyncio.Future | None,
+    ) -> ExecResult:
+        mark = time.perf_counter()
+        env_fd = environment_memfd(environment)
+        status_r, status_w = os.pipe()
         try:
             proc = await process.spawn(
                 [
-                    self._launcher, "exec", "--target", str(sandbox.init_pid),
-                    *[a for p in sandbox._cgroup.procs_files for a in ("--cgroup-procs", p)],
-                    *sandbox.spec.identity.exec_args(), "--workdir", workdir, "--status-fd", str(status_w),
-                    "--", *argv,
+                    self._launcher, *self._trace_args, "exec", "--target", str(sandbox.init_pid),
+                    *self._cgroup_args(execution.cgroup.procs_files),
+                    *self._identity(sandbox).exec_args(), "--workdir", workdir, "--status-fd", str(status_w),
+                    "--env-fd", str(env_fd), "--", *argv,
                 ],
-                stdin=True, stdout=True, stderr=True, pass_fds=(status_w,), env=environment,
+                stdin=True, stdout=True, stderr=True, pass_fds=(status_w, env_fd, *self._trace_fds),
+                env=LAUNCHER_ENV,
             )  # fmt: skip
         except BaseException:
             os.close(status_r)
             raise
         finally:
             os.close(status_w)
-        sandbox.executions += 1
+            os.close(env_fd)
+        if started is not None and not started.done():
+            started.set_result(None)
+        mark = _lap(sandbox, "exec_spawn", mark)
         loop = asyncio.get_running_loop()
         status_reader = await process.read_fd(status_r)
         status_lines: list[str] = []
-        group: list[int] = []
         violation: list[str] = []
+        out, err = _Capture(limit), _Capture(limit, on_stderr_line)
 
         async def read_status() -> None:
             while line := await status_reader.readline():
-                text = line.decode(errors="replace").strip()
-                status_lines.append(text)
-                if text.startswith("pid "):
-                    group.append(int(text.split()[1]))
-                    sandbox._running_groups.add(group[0])
+                status_lines.append(line.decode(errors="replace").strip())
 
         async def feed_stdin() -> None:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -472,83 +712,112 @@ class SandboxManager:
         async def monitor() -> None:
             while True:
                 await asyncio.sleep(MONITOR_INTERVAL_S)
-                reason = self._violation(sandbox, baseline, storage_was_full=storage_was_full)
+                reason = self._violation(sandbox, execution, baseline, storage_was_full=storage_was_full)
                 if reason:
                     violation.append(reason)
-                    self._kill_exec(sandbox, group, everything=True)
+                    execution.end_requested.set()
                     return
 
-        tasks = [
-            loop.create_task(read_status()),
-            loop.create_task(feed_stdin()),
-            loop.create_task(_read_capped(proc.stdout, limit, None)),
-            loop.create_task(_read_capped(proc.stderr, limit, on_stderr_line)),
-        ]
+        async def finished() -> None:
+            # The launcher reports the main process's end; the pipes close once nothing
+            # of the execution holds them any more. (Shielded: a deadline must not cancel
+            # the readers, which keep what was read.)
+            await proc.wait()
+            await asyncio.gather(*(asyncio.shield(task) for task in readers))
+
+        readers = [loop.create_task(out.drain(proc.stdout)), loop.create_task(err.drain(proc.stderr))]
+        helpers = [loop.create_task(read_status()), loop.create_task(feed_stdin())]
         watcher = loop.create_task(monitor())
+        ran = loop.create_task(finished())
+        asked = loop.create_task(execution.end_requested.wait())
         timed_out = False
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout_s)
-        except TimeoutError:
-            timed_out = True
-            self._kill_exec(sandbox, group, everything=False)
-            await proc.wait()
+            await asyncio.wait((ran, asked), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if not ran.done():
+                timed_out = not asked.done()
+                await self._end_until_gone(execution, proc)
+            # Processes of another execution may hold a copy of the pipes (passed over a
+            # socket): after a short grace the service stops reading them.
+            await asyncio.wait(readers, timeout=PIPE_GRACE_S)
         except asyncio.CancelledError:
-            self._kill_exec(sandbox, group, everything=False)
+            proc.kill()  # its child has PR_SET_PDEATHSIG: it dies too, joined or not
+            await asyncio.shield(self._end(execution))
             raise
         finally:
-            watcher.cancel()
-            done = await asyncio.gather(*tasks, return_exceptions=True)
-            if group:
-                sandbox._running_groups.discard(group[0])
-        (stdout, out_cut), (stderr, err_cut) = done[2], done[3]
+            for task in (watcher, ran, asked, *readers):
+                task.cancel()
+            proc.close_pipes()
+            await asyncio.gather(watcher, ran, asked, *readers, *helpers, return_exceptions=True)
+        mark = _lap(sandbox, "exec_wait", mark)
         status = parse_exec_status(status_lines)
         # A dozen reads of in-memory cgroup files (~0.15 ms): cheaper here than a thread trip.
+        exec_usage = self._exec_usage(sandbox, execution)
         usage = self._usage(sandbox)
         if sandbox.active_execs == 1:
             sandbox.last_usage = usage
         if status["error"] and status["exit_code"] is None and status["signal"] is None:
             status["exit_code"] = 125
+        stderr = err.data
         if status["error"]:
             stderr += f"wondercraft: {status['error']}\n".encode()
-        reason = sandbox.ending_reason or (violation[0] if violation else None)
+        reason = sandbox.ending_reason or execution.ending_reason or (violation[0] if violation else None)
         if reason is None and timed_out:
             reason = "timeout"
         if reason is None:
-            reason = self._violation(sandbox, baseline, usage, storage_was_full=storage_was_full)
+            reason = self._violation(
+                sandbox, execution, baseline, usage, exec_usage, storage_was_full=storage_was_full
+            )
+        _lap(sandbox, "exec_usage", mark)
         accounting = status["accounting"]
         record = ResourceRecord(
-            wall_s=round(time.monotonic() - started, 6),
+            wall_s=round(time.monotonic() - began, 6),
             exit_code=status["exit_code"],
             signal=status["signal"],
             termination_reason=reason,
             cpu_user_s=accounting.cpu_user_s,
             cpu_system_s=accounting.cpu_system_s,
             max_rss_bytes=accounting.max_rss_bytes,
-            cgroup=usage.as_dict(),
+            cgroup=exec_usage.as_dict(),
+            sandbox_cgroup=usage.as_dict(),
             limits=vars(sandbox.spec.caps).copy(),
         )
         return ExecResult(
             exit_code=status["exit_code"],
             signal=status["signal"],
-            stdout=stdout,
+            stdout=out.data,
             stderr=stderr,
-            truncated=out_cut or err_cut,
+            truncated=out.truncated or err.truncated,
             duration_ms=round(record.wall_s * 1000, 3),
             termination_reason=reason,
             usage=record.as_dict(),
+            execution_id=execution.id,
         )
+
+    def _exec_usage(self, sandbox: Sandbox, execution: Execution) -> CgroupUsage:
+        """This execution's own counters (its cgroup still exists here, emptied or not)."""
+        try:
+            usage = execution.cgroup.usage()
+        except (CgroupError, OSError):
+            return CgroupUsage()
+        if self.cgroups.mode == "v1":
+            # v1 counts an OOM kill only in the victim's own memory cgroup, not its parents.
+            sandbox.exec_oom_kills += usage.oom_kills - execution.oom_kills_counted
+            execution.oom_kills_counted = usage.oom_kills
+        return usage
 
     def usage(self, sandbox_id: str) -> CgroupUsage:
         """The kernel's counters for a sandbox now (its last ones once it is gone)."""
         return self._usage(self.get(sandbox_id))
 
-    @staticmethod
-    def _usage(sandbox: Sandbox) -> CgroupUsage:
-        """The cgroup's counters; once destroy removed it, the counters it had when killed."""
+    def _usage(self, sandbox: Sandbox) -> CgroupUsage:
+        """The sandbox's counters so far, its executions' included; once destroy removed
+        its cgroup, the counters it had when killed."""
         try:
-            return sandbox._cgroup.usage()
-        except (CgroupError, OSError):
+            usage = sandbox._cgroup.usage()
+        except (CgroupError, OSError, AttributeError):
             return sandbox.last_usage or CgroupUsage()
+        usage.oom_kills += sandbox.exec_oom_kills
+        return usage
 
     def _environment(self, sandbox: Sandbox, extra: Mapping[str, str]) -> dict[str, str]:
         venv_bin = os.path.join(mounts.python_dirs()[-1], "bin")
@@ -571,19 +840,26 @@ class SandboxManager:
     def _violation(
         self,
         sandbox: Sandbox,
+        execution: Execution,
         baseline: CgroupUsage,
         usage: CgroupUsage | None = None,
+        exec_usage: CgroupUsage | None = None,
         *,
         storage_was_full: bool,
     ) -> str | None:
-        """A cap this sandbox ran into since `baseline`, judged from the kernel's counters."""
+        """A cap this execution ran into, judged from the kernel's counters: an OOM kill in
+        its own cgroup, a failed fork or a full upper layer in the sandbox since `baseline`."""
         if sandbox._cgroup is None:
             return None
+        if exec_usage is None:
+            exec_usage = self._exec_usage(sandbox, execution)
+        if exec_usage.oom_kills > 0:
+            return "memory_limit"
         if usage is None:
             usage = self._usage(sandbox)
-        if usage.oom_kills > baseline.oom_kills:
-            return "memory_limit"
-        if usage.pids_max_events > baseline.pids_max_events:
+        # v1 counts a refused fork in the forking cgroup (the execution's), v2 in the one
+        # whose limit refused it (the sandbox's) and its parents.
+        if exec_usage.pids_max_events > 0 or usage.pids_max_events > baseline.pids_max_events:
             return "pids_limit"
         if not storage_was_full and self._storage_full(sandbox):
             return "storage_limit"
@@ -597,20 +873,6 @@ class SandboxManager:
         except OSError:
             return False
         return stats.f_blocks > 0 and stats.f_bavail == 0
-
-    def _kill_exec(self, sandbox: Sandbox, group: list[int], *, everything: bool) -> None:
-        if group:
-            try:
-                os.killpg(group[0], signal.SIGKILL)
-            except ProcessLookupError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(group[0], signal.SIGKILL)
-        if everything and sandbox._cgroup is not None:
-            # Processes that left the group (setsid, daemons) die too; PID 1 stays.
-            for pid in sandbox._cgroup.pids():
-                if pid != sandbox.init_pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
 
     # -------------------------------------------------------------- destroy --
 
@@ -686,11 +948,24 @@ class SandboxManager:
                 sandbox._cgroup.destroy()
             return measured
 
-        usage = await asyncio.to_thread(reap)
+        try:
+            if fresh and sandbox._cgroup is not None and self._remove_at_once(sandbox):
+                # Nothing left to kill or wait for: no trip to a worker thread (one trip
+                # is ~0.1 ms, and its wake-up a tail of its own on a busy host).
+                usage = sandbox.last_usage
+            else:
+                usage = await asyncio.to_thread(reap)
+        finally:
+            # The budget frees at once; the uid only once its cgroup is gone (reap
+            # returned): until then something of the sandbox might still run as it.
+            if self.admission is not None:
+                self.admission.release(sandbox.id)
+            self.gpus.release(sandbox.id)
+        if sandbox.uid is not None and self.uids is not None:
+            self.uids.release(sandbox.uid)
         if usage is not None:
             sandbox.last_usage = usage
         _lap(sandbox, "destroy_reap", mark)
-        self.gpus.release(sandbox.id)
         return {
             "sandbox_id": sandbox.id,
             "termination_reason": reason,
@@ -699,6 +974,19 @@ class SandboxManager:
             "cgroup": usage.as_dict() if usage else {},
             "limits": vars(sandbox.spec.caps).copy(),
         }
+
+    @staticmethod
+    def _remove_at_once(sandbox: Sandbox) -> bool:
+        """Remove the netns and an already empty cgroup without waiting; False (nothing
+        lost) when the cgroup still holds something, for the worker thread to kill."""
+        try:
+            if not sandbox._cgroup.remove_if_empty():
+                return False
+            if sandbox.netns:
+                network.remove(sandbox.netns)
+        except (CgroupError, OSError):
+            return False
+        return True
 
     def _kill_and_measure(self, sandbox: Sandbox) -> CgroupUsage:
         with contextlib.suppress(CgroupError, OSError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .sandbox import SandboxManager
 
 log = logging.getLogger("wondercraft.supervisor")
+DESTROY_WAIT_S = 30.0
 
 
 @dataclass
@@ -28,6 +29,11 @@ async def supervise_once(manager: SandboxManager) -> SweepReport:
         if sandbox.status == "running" and not sandbox.alive:
             report.dead.append(sandbox.id)
             await manager.destroy(sandbox.id, reason="killed")
+        elif sandbox.status in ("dead", "destroying"):
+            # Its init's watcher got there first (and names the reason): the pass ends
+            # once that destroy has.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sandbox._destroyed.wait(), DESTROY_WAIT_S)
     report.orphans = await manager.sweep_orphans()
     for sandbox in manager.list():
         if sandbox.status == "destroyed":

@@ -63,6 +63,8 @@ async def status(services: Services) -> dict:
             "revoked": sum(1 for a in agents if not a.active),
         },
         "gpus": {"total": runtime.gpus.total, "free": runtime.gpus.free()},
+        # Committed against the host budget and per-agent quotas (runtime/admission.py).
+        "admission": runtime.admission.totals() if runtime.admission is not None else None,
         "shutdownGraceSeconds": settings.shutdown_grace_s,
     }
 

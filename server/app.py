@@ -10,7 +10,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from native import LauncherRefused
+from runtime.admission import Admission, AgentQuota, HostBudget
 from runtime.cgroups import detect_mode
+from runtime.gpu import discover as discover_gpus
 from runtime.sandbox import SandboxManager
 from runtime.supervisor import Supervisor
 
@@ -18,7 +21,7 @@ from .audit import AuditLog
 from .auth import AgentRegistry
 from .config import Settings
 from .datasets import DatasetService
-from .errors import WonderCraftError
+from .errors import StartupRefused, WonderCraftError
 from .http import build_api
 from .http.openapi import API_KEY
 from .metrics import LoopLagMonitor, Metrics
@@ -141,15 +144,39 @@ async def _stop_services(app: web.Application) -> None:
     await services.loop_lag.stop()
 
 
+def admission_from(settings: Settings) -> Admission:
+    """The host budget and agent quotas of these settings (0 in a per-agent cap: none)."""
+    gpus = len(discover_gpus())
+    host = HostBudget.from_host(
+        memory_share=settings.sandbox_host_memory_share_percent / 100,
+        service_reserve_mb=settings.sandbox_service_reserve_mb,
+        cpu_overcommit=settings.sandbox_cpu_overcommit,
+        gpus=gpus,
+    )
+    quota = AgentQuota(
+        max_sandboxes=settings.sandbox_agent_max_sandboxes,
+        memory_mb=settings.sandbox_agent_max_memory_mb or None,
+        gpus=settings.sandbox_agent_max_gpus or None,
+    )
+    return Admission(host, quota)
+
+
 def create_app(settings: Settings, store: Store, admin_token: str | None = None) -> web.Application:
     metrics = Metrics()
     audit = AuditLog(store, metrics)
     state_dir = Path(store.path).resolve().parent
-    runtime = SandboxManager(
-        state_dir,
-        rootfs_image=Path(settings.rootfs_image) if settings.rootfs_image else None,
-        output_limit_bytes=settings.sandbox_output_limit_bytes,
-    )
+    try:
+        runtime = SandboxManager(
+            state_dir,
+            rootfs_image=Path(settings.rootfs_image) if settings.rootfs_image else None,
+            output_limit_bytes=settings.sandbox_output_limit_bytes,
+            admission=admission_from(settings),
+            uid_range=settings.sandbox_uid_range,
+            service_reserve_bytes=settings.sandbox_service_reserve_mb << 20,
+        )
+    except (LauncherRefused, ValueError) as exc:
+        # A dynamic launcher, or a uid range that holds host accounts: refused, named.
+        raise StartupRefused(str(exc)) from None
     telemetry = TelemetryService(
         store,
         metrics,

@@ -11,6 +11,8 @@ from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from runtime.uids import UidRange
+
 from .errors import ConfigError
 
 # ---- value parsers: each returns the parsed value or raises ValueError(expected) ----
@@ -101,6 +103,10 @@ def _token(raw: Any) -> str:
     if any(c.isspace() or not c.isprintable() for c in raw):
         raise ValueError(expected)
     return raw
+
+
+def _uid_range(raw: Any) -> str:
+    return str(UidRange.parse(raw))
 
 
 # ---- the settings: each declared once, with its default, its parser and where it is read ----
@@ -216,6 +222,18 @@ class Settings:
     program_max_unpacked_bytes: int = setting(
         64 << 20, _int_between(1024, 1 << 34), env="PETALS_PROGRAM_MAX_UNPACKED_BYTES"
     )
+    # Admission (runtime/admission.py) and sandbox uids (runtime/uids.py); 0: no per-agent cap.
+    sandbox_host_memory_share_percent: int = setting(
+        80, _int_between(1, 100), env="SANDBOX_HOST_MEMORY_SHARE"
+    )
+    sandbox_service_reserve_mb: int = setting(1024, _int_between(0, 1048576), env="SANDBOX_SERVICE_RESERVE")
+    sandbox_cpu_overcommit: float = setting(16.0, _number_between(0.0, 1024.0), env="SANDBOX_CPU_OVERCOMMIT")
+    sandbox_agent_max_sandboxes: int = setting(
+        64, _int_between(1, 1000000), env="SANDBOX_AGENT_MAX_SANDBOXES"
+    )
+    sandbox_agent_max_memory_mb: int = setting(0, _int_between(0, 1 << 30), env="SANDBOX_AGENT_MAX_MEMORY")
+    sandbox_agent_max_gpus: int = setting(0, _int_between(0, 64), env="SANDBOX_AGENT_MAX_GPUS")
+    sandbox_uid_range: str = setting("600000-659999", _uid_range, env="SANDBOX_UID_RANGE")
 
 
 # Environment variable -> its Settings field, read from the declarations above.

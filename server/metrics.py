@@ -113,6 +113,9 @@ METRICS: dict[str, Metric] = {
     "audit_entries": counter("wondercraft_audit_entries_total", "Entries appended to the consensus/audit log", "kind"),
     # Sandboxes (set by the sandbox service); the per-sandbox gauges are labelled sandbox_id
     "sandboxes_active": gauge("wondercraft_sandboxes_active", "Sandboxes alive now"),
+    # Admission: what sandboxes hold against the host budget (resource: memory_mb, cpu_cores, gpus)
+    "admission_committed": gauge("wondercraft_admission_committed", "Committed to live sandboxes", "resource"),
+    "admission_budget": gauge("wondercraft_admission_budget", "The host budget sandboxes may commit", "resource"),
     "sandboxes_created": counter("wondercraft_sandboxes_created_total", "Sandboxes created"),
     "sandboxes_destroyed": counter(
         "wondercraft_sandboxes_destroyed_total", "Sandboxes destroyed, by reason (deleted, expired, failed, oom, ...)",

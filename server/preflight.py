@@ -169,14 +169,31 @@ def check_kernel(release: str | None = None) -> Check:
     )  # fmt: skip
 
 
+def _cgroup_mount_lines() -> list[str]:
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    return [line for line in lines if " - cgroup" in line]
+
+
 def check_cgroup_mode(mode: str | None = None) -> Check:
     mode = mode or detect_mode()
     if mode == "v2":
         return Check("cgroup mode", PASS, "pure cgroup v2 (the primary design)")
     if mode in ("v1", "hybrid"):
+        # On v1 each sandbox start and execution moves a process into its cgroups; without
+        # favordynmods the first move after a quiet spell waits out an RCU grace period.
+        favoured = any("favordynmods" in line.split(" - ")[-1] for line in _cgroup_mount_lines())
+        moves = (
+            ""
+            if favoured
+            else "; each sandbox start and execution waits ~6-8 ms for its first cgroup move after a quiet spell"
+        )
         return Check(
-            "cgroup mode", WARN, f"{mode}: sandboxes use the v1 controllers; pure v2 is the primary design",
-            "boot with systemd.unified_cgroup_hierarchy=1 (and without cgroup_no_v1=) for pure v2",
+            "cgroup mode", WARN, f"{mode}: sandboxes use the v1 controllers; pure v2 is the primary design{moves}",
+            "boot with systemd.unified_cgroup_hierarchy=1 (and without cgroup_no_v1=) for pure v2"
+            + ("" if favoured else ", or remount a cgroup hierarchy with -o remount,favordynmods (kernel 6.0+)"),
         )  # fmt: skip
     return Check(
         "cgroup mode", FAIL, "no cgroup filesystem is mounted",
@@ -473,10 +490,12 @@ def check_state_dir(state_dir: Path) -> Check:
     return Check("state dir", PASS, f"{detail}, {free >> 30} GiB free")
 
 
-def check_launcher() -> Check:
+def check_launcher(binary: Path | None = None) -> Check:
+    """The launcher is built, current, and statically linked: a dynamic one is refused (it
+    runs as root in the host's namespaces, where a dynamic loader reads its environment)."""
     import native
 
-    binary = native.SOURCE.with_name(native.LAUNCHER_NAME)
+    binary = binary or native.SOURCE.with_name(native.LAUNCHER_NAME)
     if not binary.exists() or not os.access(binary, os.X_OK):
         return Check(
             "launcher",
@@ -484,9 +503,41 @@ def check_launcher() -> Check:
             f"{binary} is not built",
             "reinstall the package (pip install -e .) to build wc-init",
         )
+    linkage = native.linkage(binary)
+    if linkage != "static":
+        return Check(
+            "launcher", FAIL, f"{binary} is {linkage}: refused, the service runs only a statically linked launcher",
+            "install a static libc (Debian: libc6-dev) and reinstall; the build fails rather than link dynamically",
+        )  # fmt: skip
     if native.SOURCE.exists() and binary.stat().st_mtime < native.SOURCE.stat().st_mtime:
-        return Check("launcher", WARN, f"{binary} is older than its source", "rebuild: pip install -e .")
-    return Check("launcher", PASS, f"{binary} is built")
+        return Check(
+            "launcher", WARN, f"{binary} (static) is older than its source", "rebuild: pip install -e ."
+        )
+    return Check("launcher", PASS, f"{binary} is built and statically linked")
+
+
+def check_sandbox_uids(
+    settings: Settings, passwd: Path = Path("/etc/passwd"), group: Path = Path("/etc/group")
+) -> Check:
+    """The sandbox uid range: no host account or group in it, no process running as one."""
+    from runtime import uids
+
+    uid_range = uids.UidRange.parse(settings.sandbox_uid_range)
+    detail = f"range {uid_range} ({uid_range.size} uids, one per live sandbox)"
+    accounts = uids.accounts_in_range(uid_range, passwd, group)
+    if accounts:
+        return Check(
+            "sandbox uids", FAIL, f"{detail} holds host accounts: {', '.join(accounts[:5])}",
+            "set SANDBOX_UID_RANGE to a range no account or group uses",
+        )  # fmt: skip
+    running = uids.running_uids(uid_range)
+    if running:
+        return Check(
+            "sandbox uids", WARN, f"{detail}: processes run as {', '.join(map(str, sorted(running)[:5]))}; "
+            "those uids stay unused",
+            "stop them (a previous run's sandboxes?) or pick another SANDBOX_UID_RANGE",
+        )  # fmt: skip
+    return Check("sandbox uids", PASS, f"{detail}; no host account uses it, no process runs as it")
 
 
 def _guarded(name: str, check: Callable[[], Check]) -> Check:
@@ -528,5 +579,6 @@ def run(state_dir: Path, config_path: Path | None = None) -> list[Check]:
         _guarded("gpus", lambda: check_gpus(settings)),
         _guarded("state dir", lambda: check_state_dir(state_dir)),
         _guarded("launcher", check_launcher),
+        _guarded("sandbox uids", lambda: check_sandbox_uids(settings)),
     ]
     return checks

@@ -12,20 +12,24 @@ import time
 from pathlib import Path
 
 from runtime import mounts
+from runtime.admission import AdmissionRefused
 from runtime.sandbox import (
     CapacityExhausted,
     ExecResult,
+    Execution,
     InvalidSpec,
     ResourceCaps,
     Sandbox,
     SandboxManager,
     SandboxNotRunning,
     SandboxSpec,
+    StartFailed,
+    UnknownExecution,
     UnknownSandbox,
 )
 
 from .config import Settings
-from .errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from .errors import BadRequest, Conflict, NotFound, ServiceUnavailable, TooManyRequests
 from .staging import learn_binds, write_inputs
 from .store import Store
 from .vocabulary import camel_keys
@@ -42,8 +46,29 @@ def _iso_ms(timestamp: float) -> int:
 
 
 def resource_usage(usage: dict) -> dict:
-    """The kernel's record in the API's camelCase."""
+    """The kernel's record in the API's camelCase: an execution's own figures, with the
+    sandbox's so far under "sandbox" when the record has them."""
     cgroup = usage.get("cgroup", {})
+    figures = _figures(usage, cgroup)
+    if usage.get("sandbox_cgroup"):
+        figures["sandbox"] = _figures({}, usage["sandbox_cgroup"])
+    return figures
+
+
+def over_budget(exc: AdmissionRefused) -> Conflict | TooManyRequests:
+    """An admission refusal as the API answers it: 429 with Retry-After while the host is
+    full, 409 for an agent's own quota (with Retry-After) or a request that never fits."""
+    details = exc.details()
+    if exc.transient and not exc.budget.startswith("agent_"):
+        return TooManyRequests(str(exc), retry_after_s=exc.retry_after_s, details=details)
+    error = Conflict(str(exc), details=details)
+    error.code = "over_budget"
+    if exc.transient:
+        error.retry_after_s = exc.retry_after_s
+    return error
+
+
+def _figures(usage: dict, cgroup: dict) -> dict:
     return {
         "cpuSeconds": usage.get("cpu_s", _sum(cgroup.get("cpu_user_s"), cgroup.get("cpu_system_s"))),
         "cpuUserSeconds": usage.get("cpu_user_s", cgroup.get("cpu_user_s")),
@@ -97,6 +122,19 @@ def caps_within_limits(settings: Settings, requested: dict, storage_mb: int | No
     except InvalidSpec as exc:
         raise BadRequest(f"resourceCaps: {exc}") from None
     return caps
+
+
+def _background_view(execution: Execution) -> dict:
+    view = {
+        "executionId": execution.id,
+        "command": execution.argv,
+        "startedAt": _iso_ms(execution.started_at),
+        "status": "running" if execution.running else "ended",
+    }
+    if execution.result is not None:
+        view["exitCode"] = execution.result.exit_code
+        view["terminationReason"] = execution.result.termination_reason
+    return view
 
 
 def _sum(*values):
@@ -166,17 +204,32 @@ class SandboxService:
             sandbox = await self.runtime.create(spec, sandbox_id=training["sandboxId"] if training else None)
         except InvalidSpec as exc:
             raise BadRequest(str(exc)) from None
+        except AdmissionRefused as exc:
+            self._drop_inputs(training)
+            raise over_budget(exc) from None
         except CapacityExhausted as exc:
+            self._drop_inputs(training)
             raise Conflict(str(exc)) from None
-        except Exception as exc:
-            if training:
-                shutil.rmtree(self._inputs / training["sandboxId"], ignore_errors=True)
+        except StartFailed as exc:
+            # The launcher's words name steps, never host paths or pids.
+            self._drop_inputs(training)
+            log.warning("sandbox could not start", extra={"error": str(exc)})
+            raise ServiceUnavailable(str(exc)) from None
+        except Exception:
+            self._drop_inputs(training)
             log.exception("sandbox could not be created")
-            raise ServiceUnavailable(f"the sandbox could not be created: {exc}") from None
+            # The details (cgroup paths, errnos) stay in the service's log.
+            raise ServiceUnavailable(
+                "the sandbox could not be created; the service log has the details"
+            ) from None
         if training:
             self._training[sandbox.id] = training
             await asyncio.to_thread(self._save_view, sandbox)
         return self._view(sandbox)
+
+    def _drop_inputs(self, training: dict | None) -> None:
+        if training:
+            shutil.rmtree(self._inputs / training["sandboxId"], ignore_errors=True)
 
     async def _created(self, sandbox: Sandbox) -> None:
         view = self._view(sandbox)
@@ -250,6 +303,8 @@ class SandboxService:
         }
         if sandbox.gpus:
             view["gpus"] = [g.index for g in sandbox.gpus]
+        if sandbox.background:
+            view["backgroundExecutions"] = [_background_view(e) for e in sandbox.background.values()]
         if sandbox.id in self._training:
             view["trainingConfig"] = self._training[sandbox.id]
         if sandbox.final_record is not None:
@@ -344,9 +399,17 @@ class SandboxService:
     # ------------------------------------------------------------ execute --
 
     async def execute(self, body: dict) -> dict:
+        """Run a command and wait for it; with detach: true, start it in the background and
+        answer at once (it is listed in the sandbox's status and ended by DELETE)."""
         sandbox_id = body["sandboxId"]
-        timeout = body.get("timeoutSeconds", DEFAULT_EXEC_TIMEOUT_S)
+        timeout = body.get("timeoutSeconds", None if body.get("detach") else DEFAULT_EXEC_TIMEOUT_S)
         try:
+            if body.get("detach"):
+                execution = await self.runtime.start_background(
+                    sandbox_id, body["command"], timeout_s=None if timeout is None else float(timeout),
+                    env=body.get("env") or {}, stdin=(body.get("stdin") or "").encode(),
+                )  # fmt: skip
+                return {"sandboxId": sandbox_id, **_background_view(execution)}
             result: ExecResult = await self.runtime.execute(
                 sandbox_id,
                 body["command"],
@@ -354,6 +417,8 @@ class SandboxService:
                 env=body.get("env") or {},
                 stdin=(body.get("stdin") or "").encode(),
             )
+        except CapacityExhausted as exc:
+            raise Conflict(str(exc)) from None
         except UnknownSandbox:
             stored = await asyncio.to_thread(self._stored, sandbox_id)  # NotFound when never seen
             raise Conflict(f"sandbox {sandbox_id} is {stored['status']}, not running") from None
@@ -361,14 +426,19 @@ class SandboxService:
             raise Conflict(str(exc)) from None
         except InvalidSpec as exc:
             raise BadRequest(str(exc)) from None
+        return self._exec_reply(sandbox_id, result)
+
+    def _exec_reply(self, sandbox_id: str, result: ExecResult) -> dict:
         usage = resource_usage(result.usage)
-        if self.metrics is not None:
+        if self.metrics is not None and "sandbox" in usage:
+            totals = usage["sandbox"]
             self.metrics.set_sandbox_usage(
-                sandbox_id, cpu_seconds=usage["cpuSeconds"], memory_bytes=usage["memoryCurrentBytes"],
-                memory_peak_bytes=usage["memoryPeakBytes"], pids=None,
+                sandbox_id, cpu_seconds=totals["cpuSeconds"], memory_bytes=totals["memoryCurrentBytes"],
+                memory_peak_bytes=totals["memoryPeakBytes"], pids=None,
             )  # fmt: skip
         return {
             "sandboxId": sandbox_id,
+            "executionId": result.execution_id,
             "exitCode": result.exit_code,
             "signal": result.signal,
             "stdout": result.stdout.decode(errors="replace"),
@@ -378,6 +448,21 @@ class SandboxService:
             "terminationReason": result.termination_reason,
             "resourceUsage": usage,
         }
+
+    async def end_execution(self, sandbox_id: str, execution_id: str) -> dict:
+        """End a background execution (everything it started) and return its result."""
+        try:
+            result = await self.runtime.end_background(sandbox_id, execution_id)
+        except UnknownSandbox:
+            stored = await asyncio.to_thread(self._stored, sandbox_id)  # NotFound when never seen
+            raise NotFound(
+                f"sandbox {sandbox_id} is {stored['status']}; its executions ended with it"
+            ) from None
+        except UnknownExecution as exc:
+            raise NotFound(str(exc)) from None
+        if result is None:
+            raise Conflict(f"background execution {execution_id} could not start")
+        return self._exec_reply(sandbox_id, result)
 
     # ------------------------------------------------------------ destroy --
 
@@ -405,6 +490,11 @@ class SandboxService:
                 memory_peak_bytes=usage["memoryPeakBytes"], pids=usage.get("pidsCurrent"),
             )  # fmt: skip
         self.metrics.sandboxes_active.set(len(running))
+        if self.runtime.admission is not None:
+            totals = self.runtime.admission.totals()
+            for resource, key in (("memory_mb", "memoryMB"), ("cpu_cores", "cpuCores"), ("gpus", "gpus")):
+                self.metrics.admission_committed.labels(resource=resource).set(totals[key]["committed"])
+                self.metrics.admission_budget.labels(resource=resource).set(totals[key]["budget"])
 
     async def destroy_all(self) -> None:
         for sandbox in list(self.runtime.list()):

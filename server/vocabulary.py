@@ -53,6 +53,7 @@ class FailureReason(StrEnum):
     CRASHED = "crashed"
     INVALID_RESULT = "invalid_result"
     SANDBOX_START = "sandbox_start"
+    OVER_BUDGET = "over_budget"  # the host's admission budget could never hold the job's caps
     INTERNAL = "internal"
     LOST = "lost"
     INTERRUPTED = "interrupted"

@@ -34,6 +34,24 @@ def wait_until(predicate, timeout: float = 60.0, what: str | None = None):
     return value
 
 
+CYCLE_ENDS = ("completed", "failed", "aggregated")
+
+
+def wait_cycle(server, token: str, cycle_id: str, statuses=CYCLE_ENDS, timeout: float = 120.0) -> dict:
+    """Polls a training cycle's status until it is one of `statuses`; its last body otherwise."""
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        status, body, _ = http("GET", f"{server.url}/v1/petals/status/{cycle_id}", token=token)
+        assert status == 200, body
+        if body["status"] in statuses:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(
+        f"cycle {cycle_id} still {body.get('status')} after {timeout}s: {json.dumps(body)[:2000]}"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

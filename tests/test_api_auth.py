@@ -47,6 +47,7 @@ SAMPLES = {
     ),
     "execute_in_sandbox": ("POST", "/v1/sandbox/execute", {"sandboxId": "{sandbox}", "command": ["true"]}),
     "destroy_sandbox": ("DELETE", "/v1/sandbox/{sandbox}", None),
+    "end_execution": ("DELETE", "/v1/sandbox/{sandbox}/executions/{execution}", None),
     "sandbox_status": ("GET", "/v1/sandbox/status/{sandbox}", None),
     "list_sandboxes": ("GET", "/v1/sandbox", None),
     "create_model": (
@@ -86,6 +87,7 @@ SAMPLES = {
 OWNED = {
     "execute_in_sandbox",
     "destroy_sandbox",
+    "end_execution",
     "sandbox_status",
     "cycle_status",
     "show_dataset",
@@ -170,6 +172,14 @@ def _call(server, operation_id: str, token: str | None):
     if operation_id == "upload_dataset":
         octets = {"Content-Type": "application/octet-stream"}
         return http(method, server.url + path, _dataset_bytes(), token=token, headers=octets)
+    if "{execution}" in path:
+        # Ending uses up a background execution: each call gets a fresh one of agent-a's.
+        started = {"sandboxId": sandbox_id, "command": ["sleep", "60"], "detach": True}
+        status, body, _ = http(
+            "POST", server.url + "/v1/sandbox/execute", started, token=server.tokens["agent-a"]
+        )
+        assert status == 202, body
+        path = path.replace("{execution}", body["executionId"])
     if body is not None:
         body = {k: (sandbox_id if v == "{sandbox}" else v) for k, v in body.items()}
     if operation_id == "telemetry_stream":
@@ -205,6 +215,7 @@ def test_every_operation_has_an_auth_sample(operations):
             .replace("{sandbox}", "{sandboxId}")
             .replace("{cycle}", "{cycleId}")
             .replace("{dataset}", "{datasetId}")
+            .replace("{execution}", "{executionId}")
         )
         assert operations[operation_id][:2] == (method, documented), operation_id
 

@@ -19,7 +19,9 @@ def server(tmp_path_factory):
 
 
 def create(server, body=None, token=None):
-    status, view, _ = http("POST", f"{server.url}/v1/sandbox/create", body or {}, token=token or server.token)
+    # Small by default: every sandbox's memory cap counts against the host budget.
+    body = {"resourceCaps": {"memory": 256}} if body is None else body
+    status, view, _ = http("POST", f"{server.url}/v1/sandbox/create", body, token=token or server.token)
     assert status == 201, view
     return view
 
@@ -37,7 +39,7 @@ def test_create_returns_the_effective_caps_and_times(server):
     assert view["resourceCaps"] == {"cpu": 0.5, "memory": 256, "gpu": 0, "pids": 256, "storageMB": 32}
     assert view["network"] == "isolated"
     assert 599_000 <= view["expiresAt"] - view["createdAt"] <= 601_000
-    defaults = create(server)
+    defaults = create(server, {})
     assert defaults["resourceCaps"]["cpu"] == 2.0 and defaults["resourceCaps"]["memory"] == 4096
 
 
@@ -172,3 +174,86 @@ def test_metrics_cover_sandboxes_and_their_resource_use(server):
             if line.startswith("wondercraft_sandbox_memory_peak_bytes{") and sandbox["sandboxId"] in line]  # fmt: skip
     assert peak and float(peak[0].rsplit(" ", 1)[1]) > 0
     assert "wondercraft_sandboxes_created_total" in text
+    # Committed totals against the host budget.
+    committed = [
+        line
+        for line in text.splitlines()
+        if line.startswith('wondercraft_admission_committed{resource="memory_mb"}')
+    ]
+    budget = [
+        line
+        for line in text.splitlines()
+        if line.startswith('wondercraft_admission_budget{resource="memory_mb"}')
+    ]
+    assert committed and float(committed[0].split()[1]) >= 256
+    assert budget and float(budget[0].split()[1]) > 0
+
+
+def test_admission_answers_409_and_429_naming_the_budget_and_admin_status_shows_totals(tmp_path):
+    # 2 GB share of the host minus a 1 GB reserve would be tiny: the share is set so that
+    # three 1 GB sandboxes overfill it, and the agent quota allows two sandboxes each.
+    total_mb = int(open("/proc/meminfo").read().split()[1]) // 1024
+    share = max(1, int(100 * (1024 + 2500) / total_mb))
+    env = {"SANDBOX_HOST_MEMORY_SHARE": str(share), "SANDBOX_AGENT_MAX_SANDBOXES": "2"}
+    with api_server(tmp_path / "state", **env) as server:
+        first, second = register_agent(server, "first"), register_agent(server, "second")
+        small = {"resourceCaps": {"cpu": 0.5, "memory": 1024}, "storageMB": 16}
+        made = [create(server, small, token=first), create(server, small, token=first)]
+        url = f"{server.url}/v1/sandbox/create"
+        status, body, headers = http("POST", url, small, token=first)
+        assert status == 409, body
+        error = body["error"]
+        assert error["code"] == "over_budget" and error["details"]["budget"] == "agent_sandboxes"
+        assert error["details"]["limit"] == 2 and error["details"]["inUse"] == 2
+        assert "agent_sandboxes" in error["message"] and int(headers["Retry-After"]) >= 1
+        status, body, headers = http("POST", url, small, token=second)
+        assert status == 429, body
+        assert (
+            body["error"]["details"]["budget"] == "host_memory" and body["error"]["details"]["inUse"] == 2048
+        )
+        assert int(headers["Retry-After"]) >= 1
+        huge = {"resourceCaps": {"cpu": 0.5, "memory": 8192}}
+        status, body, headers = http("POST", url, huge, token=second)
+        assert status == 409 and "Retry-After" not in headers, body
+        status, admin, _ = http("GET", f"{server.url}/v1/admin/status", token=ADMIN_TOKEN)
+        assert status == 200
+        assert admin["admission"]["memoryMB"]["committed"] == 2048
+        assert admin["admission"]["agents"]["first"]["sandboxes"] == 2
+        for view in made:
+            http("DELETE", f"{server.url}/v1/sandbox/{view['sandboxId']}", token=first)
+        create(server, small, token=second)
+
+
+def test_a_detached_execution_is_listed_in_status_and_ended_by_delete(server):
+    sandbox = create(server)
+    sandbox_id = sandbox["sandboxId"]
+    script = "echo started; touch /work/ready; exec sleep 1000"
+    status, started, _ = execute(server, sandbox_id, ["sh", "-c", script], detach=True)
+    assert status == 202 and started["status"] == "running", started
+    execution_id = started["executionId"]
+    deadline = time.monotonic() + 20
+    while execute(server, sandbox_id, ["test", "-e", "/work/ready"])[1]["exitCode"] != 0:
+        assert time.monotonic() < deadline, "the background execution never started"
+        time.sleep(0.05)
+    status, view, _ = http("GET", f"{server.url}/v1/sandbox/status/{sandbox_id}", token=server.token)
+    assert [e["executionId"] for e in view["backgroundExecutions"]] == [execution_id]
+    status, ended, _ = http("DELETE", f"{server.url}/v1/sandbox/{sandbox_id}/executions/{execution_id}",
+                            token=server.token)  # fmt: skip
+    assert status == 200 and ended["terminationReason"] == "killed" and ended["stdout"] == "started\n"
+    assert "sandbox" in ended["resourceUsage"]
+    status, view, _ = http("GET", f"{server.url}/v1/sandbox/status/{sandbox_id}", token=server.token)
+    assert "backgroundExecutions" not in view
+    status, body, _ = http("DELETE", f"{server.url}/v1/sandbox/{sandbox_id}/executions/{execution_id}",
+                           token=server.token)  # fmt: skip
+    assert status == 404, body
+    status, body, _ = http("DELETE", f"{server.url}/v1/sandbox/{sandbox_id}/executions/exec-x",
+                           token=server.other)  # fmt: skip
+    assert status in (400, 404), body
+
+
+def test_a_uid_range_holding_host_accounts_refuses_start_up_naming_them(tmp_path):
+    from tests.helpers import clean_env, run_serve
+
+    result = run_serve(tmp_path / "state", env=clean_env(SANDBOX_UID_RANGE="65530-65545"))
+    assert result.returncode != 0
+    assert "nobody (65534)" in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -375,7 +375,9 @@ def test_a_fresh_backend_finds_and_destroys_what_an_earlier_one_left(make_backen
     left = crashed.create("sb-left", CgroupLimits(pids_max=16))
     proc = spawn_in(left, ["sleep", "60"])
     children.append(proc)
-    assert wait_for(lambda: left.pids() != [])
+    # Joined every hierarchy (the shell writes one cgroup.procs after another).
+    files = left.procs_files
+    assert wait_for(lambda: all(str(proc.pid) in open(f).read().split() for f in files))
     crashed = left = None  # the crashed service's objects are gone; only the kernel remembers
 
     fresh = open_backend(instance)

@@ -4,6 +4,7 @@ found through its processes' launcher chain, and what it reports once nothing do
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 from runtime import hostaudit
@@ -38,7 +39,11 @@ def test_a_sandbox_is_known_while_its_host_lives_whoever_that_is(tmp_path):
     sandboxes = SyncManager(tmp_path / "state", instance=instance)
     try:
         box = sandboxes.create()
-        sandboxes.sh(box, "setsid sleep 600 >/dev/null 2>&1 </dev/null &")
+        # A background execution: an ordinary one's processes end with it.
+        sandboxes.call(sandboxes.manager.start_background(box.id, ["sleep", "600"]))
+        deadline = time.monotonic() + 20
+        while len(box.cgroup.pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         report = hostaudit.scan_host()
         mine = {(f["kind"], f["name"]): f for f in report["findings"] if f["instance"] == instance}
         cgroup, netns = mine[("cgroup", box.id)], mine[("netns", box.netns)]

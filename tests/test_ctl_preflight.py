@@ -19,7 +19,7 @@ from tests.helpers import clean_env
 CTL = str(Path(sys.executable).parent / "wondercraft-ctl")
 CHECKS = [
     "root", "capabilities", "kernel", "cgroup mode", "cgroup controllers", "overlay and tmpfs", "namespaces",
-    "user namespaces", "seccomp", "memory", "gpus", "state dir", "launcher",
+    "user namespaces", "seccomp", "memory", "gpus", "state dir", "launcher", "sandbox uids",
 ]  # fmt: skip
 
 
@@ -44,8 +44,11 @@ def test_preflight_checks_this_host_as_root(tmp_path):
         "seccomp",
         "launcher",
         "state dir",
+        "sandbox uids",
     ):
         assert checks[name]["status"] == "pass", checks[name]
+    assert "statically linked" in checks["launcher"]["detail"]
+    assert "600000-659999" in checks["sandbox uids"]["detail"]
     assert report["ok"] == all(c["status"] != "fail" for c in checks.values())
     assert result.returncode == (0 if report["ok"] else 1)
     # Every check that does not pass says how to fix it.
@@ -169,3 +172,23 @@ def test_state_dir_check_refuses_a_file_and_warns_on_tmpfs_and_loose_modes(tmp_p
     loose.mkdir(mode=0o755)
     loose.chmod(0o755)
     assert preflight.check_state_dir(loose).status == "warn"
+
+
+def test_launcher_check_refuses_a_dynamic_build(tmp_path):
+    import native
+
+    dynamic = tmp_path / "wc-init"
+    subprocess.run(["gcc", "-O2", "-o", str(dynamic), str(native.SOURCE)], check=True, capture_output=True)
+    check = preflight.check_launcher(dynamic)
+    assert check.status == "fail" and "dynamic" in check.detail and "refused" in check.detail and check.fix
+
+
+def test_uid_check_fails_a_range_with_host_accounts(tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0::/root:/bin/sh\nintruder:x:600123:600123::/:/bin/sh\n")
+    check = preflight.check_sandbox_uids(Settings(), passwd=passwd, group=tmp_path / "none")
+    assert check.status == "fail" and "intruder (600123)" in check.detail and "SANDBOX_UID_RANGE" in check.fix
+    assert (
+        preflight.check_sandbox_uids(Settings(), passwd=tmp_path / "none", group=tmp_path / "none").status
+        == "pass"
+    )

@@ -13,21 +13,10 @@ import numpy as np
 import pytest
 
 from rootfs import models
-from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent
+from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent, wait_cycle
 
 AGENTS = [f"digits-{i}" for i in range(5)]
 TERMINAL = ("completed", "failed", "aggregated")
-
-
-def wait_cycle(server, token: str, cycle_id: str, statuses=TERMINAL, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, body, _ = http("GET", f"{server.url}/v1/petals/status/{cycle_id}", token=token)
-        assert status == 200, body
-        if body["status"] in statuses:
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"cycle {cycle_id} still {body['status']} after {timeout}s: {body}")
 
 
 def batch(x: np.ndarray, y: np.ndarray) -> list[dict]:

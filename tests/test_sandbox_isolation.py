@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import textwrap
@@ -260,7 +261,8 @@ X86_64_SYSCALLS = {
 def test_unprivileged_user_without_capabilities_no_new_privs_and_rlimits(sandboxes, box):
     status = out(sandboxes.sh(box, "id -u; id -g; grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status"))
     lines = status.split("\n")
-    assert lines[0] == "65534" and lines[1] == "65534"
+    # Its own uid and gid from the manager's range, never a host account's.
+    assert lines[0] == lines[1] == str(box.uid) and int(lines[0]) in sandboxes.manager.uids.range
     fields = dict(line.split(":\t") for line in lines[2:] if line)
     for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(fields[cap], 16) == 0, cap
@@ -311,7 +313,9 @@ def test_every_exec_joins_the_same_sandbox(sandboxes, box):
     probe = "readlink /proc/self/ns/net /proc/self/ns/mnt /proc/self/ns/uts /proc/self/ns/ipc; cat /proc/self/cgroup | sort"
     first = out(sandboxes.sh(box, probe + "; echo shared > /tmp/joined"))
     second = out(sandboxes.sh(box, probe + "; cat /tmp/joined"))
-    assert second == first + "shared\n"
+    # Each execution has a cgroup of its own beneath the sandbox's; the rest is shared.
+    assert re.sub(r"exec-\d+", "exec-N", second) == re.sub(r"exec-\d+", "exec-N", first) + "shared\n"
+    assert "exec-" in first and "wondercraft-" not in first  # the cgroup namespace hides host paths
     host_net = os.readlink("/proc/self/ns/net")
     assert host_net not in first
 

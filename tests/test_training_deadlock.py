@@ -5,9 +5,8 @@ that base has completed, so the interleaving happens on every run, not by chance
 from __future__ import annotations
 
 import json
-import time
 
-from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent
+from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent, wait_cycle
 
 TERMINAL = ("completed", "failed", "aggregated")
 
@@ -21,20 +20,6 @@ def job(seed: int) -> dict:
         "resourceCaps": {"cpu": 1, "memory": 256},
         "seed": seed,
     }
-
-
-def wait_status(server, token, cycle_id, statuses, timeout=90.0) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        status, body, _ = http("GET", f"{server.url}/v1/petals/status/{cycle_id}", token=token)
-        assert status == 200, body
-        if body["status"] in statuses:
-            return body
-        time.sleep(0.1)
-    raise AssertionError(
-        f"cycle {cycle_id} still {body.get('status')} after {timeout}s: {json.dumps(body)[:2000]}"
-    )
 
 
 def test_round_closing_while_another_cycle_completes_does_not_wedge_the_model(tmp_path):
@@ -57,7 +42,7 @@ def test_round_closing_while_another_cycle_completes_does_not_wedge_the_model(tm
         # Both reach an end: one is aggregated into version 1, the other was computed from
         # base 0 after its round closed and is rejected as stale (or joined the round).
         ends = {
-            agent: wait_status(server, tokens[agent], cid, ("failed", "aggregated"))
+            agent: wait_cycle(server, tokens[agent], cid, ("failed", "aggregated"))
             for agent, cid in submitted.items()
         }
         outcomes = sorted((e["status"], (e.get("error") or {}).get("reason")) for e in ends.values())
@@ -68,7 +53,7 @@ def test_round_closing_while_another_cycle_completes_does_not_wedge_the_model(tm
         status, body, _ = http("POST", f"{server.url}/v1/petals/train", job(7), token=tokens["hold-a"])
         assert status == 202, body
         assert body["baseVersion"] == 1
-        later = wait_status(server, tokens["hold-a"], body["cycleId"], ("failed", "aggregated"))
+        later = wait_cycle(server, tokens["hold-a"], body["cycleId"], ("failed", "aggregated"))
         assert later["status"] == "aggregated" and later["resultVersion"] == 2, later
         status, admin, _ = http("GET", f"{server.url}/v1/admin/status", token=ADMIN_TOKEN)
         assert status == 200, admin

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent
+from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent, wait_cycle
 
 TERMINAL = ("completed", "failed", "aggregated")
 
@@ -26,20 +26,6 @@ def linear_job(name: str, seed: int, **extra) -> dict:
     return {"modelType": name, "dataBatch": [{"x": x, "y": 2.0 * x[0] - x[1]} for x in xs],
             "trainingParams": {"epochs": 2, "batchSize": 3, "learningRate": 0.05},
             "resourceCaps": {"cpu": 0.5, "memory": 128}, "seed": seed, **extra}  # fmt: skip
-
-
-def wait_cycle(server, token, cycle_id, statuses=TERMINAL, timeout=120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        status, body, _ = http("GET", f"{server.url}/v1/petals/status/{cycle_id}", token=token)
-        assert status == 200, body
-        if body["status"] in statuses:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(
-        f"cycle {cycle_id} still {body.get('status')} after {timeout}s: {json.dumps(body)[:2000]}"
-    )
 
 
 def history(server, model: str) -> list[dict]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+# The service's oom_score_adj; sandbox processes get +500 from the launcher.
+SERVICE_OOM_SCORE_ADJ = -500
+
 
 class CgroupError(RuntimeError):
     """A cgroup operation the kernel refused, or a host that lacks what a limit needs."""
@@ -57,13 +60,25 @@ class SandboxCgroup(ABC):
     def procs_files(self) -> list[str]:
         """cgroup.procs paths a new process writes its pid to, to join the sandbox's cgroup."""
 
+    @property
+    def init_procs_files(self) -> list[str]:
+        """Where the sandbox's PID 1 goes: on v2 an `init` leaf once executions have
+        their own cgroups (the no-internal-process rule), else procs_files."""
+        return self.procs_files
+
     @abstractmethod
     def add_pid(self, pid: int) -> None:
-        """Move a running process (all its threads) into the sandbox's cgroup."""
+        """Move a running process (all its threads) into the sandbox's cgroup (its init leaf)."""
 
     @abstractmethod
     def pids(self) -> list[int]:
-        """Processes inside now (every hierarchy in v1); [] once removed."""
+        """Processes inside now, child cgroups included (every hierarchy in v1); [] once removed."""
+
+    @abstractmethod
+    def create_execution(self, name: str) -> SandboxCgroup:
+        """A child cgroup for one execution: its processes are counted there and beside
+        it in the sandbox's totals, and kill() on it ends them all, whatever sessions or
+        process groups they made. Limits stay the sandbox's."""
 
     @abstractmethod
     def usage(self) -> CgroupUsage:
@@ -78,6 +93,11 @@ class SandboxCgroup(ABC):
         """kill(), then remove the directories. Idempotent; works half-created or
         already removed."""
 
+    @abstractmethod
+    def remove_if_empty(self) -> bool:
+        """Remove the directories (child cgroups first) if nothing is inside, without
+        killing or waiting; True once gone, False if something still is."""
+
 
 class CgroupBackend(ABC):
     mode: str  # "v2" or "v1"
@@ -88,7 +108,23 @@ class CgroupBackend(ABC):
         `supervisor` leaf first (no-internal-process rule) and enables controllers."""
 
     @abstractmethod
-    def create(self, name: str, limits: CgroupLimits) -> SandboxCgroup: ...
+    def create(self, name: str, limits: CgroupLimits, *, executions: bool = False) -> SandboxCgroup:
+        """A sandbox cgroup with its limits. executions=True readies it for per-execution
+        children (v2: an `init` leaf, memory and pids enabled below, the OOM group moved
+        from the sandbox to each execution, so one OOM ends one execution)."""
+
+    def protect_service(self, reserve_bytes: int) -> dict:
+        """Keep the kernel from picking the service over a sandbox: v2 sets memory.min and
+        memory.low on the supervisor leaf (effective where the delegating parent protects
+        as much); every mode lowers the service's oom_score_adj. Returns what was set."""
+        done = {}
+        try:
+            with open("/proc/self/oom_score_adj", "w") as handle:
+                handle.write(str(SERVICE_OOM_SCORE_ADJ))
+            done["oom_score_adj"] = SERVICE_OOM_SCORE_ADJ
+        except OSError:
+            pass
+        return done
 
     @abstractmethod
     def open(self, name: str) -> SandboxCgroup | None:

@@ -26,6 +26,10 @@ from .files import (
 )
 
 WANTED_CONTROLLERS = ("cpu", "memory", "pids", "io")
+# Enabled below a sandbox for its executions' own counters (memory.peak, oom_kill, pids.peak);
+# cpu.stat's usage figures need no controller.
+EXECUTION_CONTROLLERS = ("memory", "pids")
+INIT_LEAF = "init"
 CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000  # the kernel's floor for cpu.max
 KILL_TIMEOUT_S = 10.0
@@ -38,9 +42,13 @@ def _populated(path: str) -> bool | None:
 
 
 class V2SandboxCgroup(SandboxCgroup):
-    def __init__(self, name: str, path: str) -> None:
+    def __init__(self, name: str, path: str, *, leaves: bool = False, oom_group: bool = False) -> None:
+        """leaves: the sandbox's processes live in child cgroups (init and executions);
+        oom_group: executions get memory.oom.group (memory is enabled below)."""
         self.name = name
         self.path = path
+        self.leaves = leaves
+        self._oom_group = oom_group
 
     def __repr__(self) -> str:
         return f"<V2SandboxCgroup {self.path}>"
@@ -49,14 +57,34 @@ class V2SandboxCgroup(SandboxCgroup):
     def procs_files(self) -> list[str]:
         return [os.path.join(self.path, "cgroup.procs")]
 
+    @property
+    def init_procs_files(self) -> list[str]:
+        if self.leaves:
+            return [os.path.join(self.path, INIT_LEAF, "cgroup.procs")]
+        return self.procs_files
+
     def add_pid(self, pid: int) -> None:
         try:
-            write_value(os.path.join(self.path, "cgroup.procs"), pid)
+            write_value(self.init_procs_files[0], pid)
         except FileNotFoundError:
             raise CgroupError(f"cannot add pid {pid}: sandbox cgroup {self.path} does not exist") from None
 
     def pids(self) -> list[int]:
-        return read_pids(os.path.join(self.path, "cgroup.procs"))
+        if not self.leaves:
+            return read_pids(os.path.join(self.path, "cgroup.procs"))
+        return sorted(self._all_pids())
+
+    def create_execution(self, name: str) -> V2SandboxCgroup:
+        check_name(name, "execution cgroup name")
+        path = os.path.join(self.path, name)
+        try:
+            os.mkdir(path)
+        except FileNotFoundError:
+            raise CgroupError(f"sandbox cgroup {self.path} no longer exists") from None
+        if self._oom_group:
+            # One OOM kill ends this execution's whole tree, and nothing else of the sandbox.
+            write_value(os.path.join(path, "memory.oom.group"), "1")
+        return V2SandboxCgroup(name, path)
 
     def _file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -142,10 +170,25 @@ class V2SandboxCgroup(SandboxCgroup):
                 "SIGKILL; expected it to empty (a process stuck in uninterruptible sleep?)"
             )
 
+    def remove_if_empty(self) -> bool:
+        try:
+            for child in child_dirs(self.path):
+                rmdir(os.path.join(self.path, child))
+            rmdir(self.path)
+        except OSError as e:
+            if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                return False
+            raise
+        return True
+
     def destroy(self) -> None:
         attempts = 4
         for attempt in range(attempts):
             self.kill()
+            if self.leaves:
+                # The init leaf and executions still listed: empty after kill().
+                for child in child_dirs(self.path):
+                    V2SandboxCgroup(child, os.path.join(self.path, child)).destroy()
             try:
                 rmdir(self.path)
                 return
@@ -217,7 +260,7 @@ class V2CgroupBackend(CgroupBackend):
                 ) from e
             raise
 
-    def create(self, name: str, limits: CgroupLimits) -> V2SandboxCgroup:
+    def create(self, name: str, limits: CgroupLimits, *, executions: bool = False) -> V2SandboxCgroup:
         check_name(name)
         if not self._prepared:
             self.prepare()
@@ -228,9 +271,16 @@ class V2CgroupBackend(CgroupBackend):
             raise CgroupError(
                 f"sandbox cgroup {path} already exists; expected a fresh name (open() re-attaches)"
             ) from None
-        cgroup = V2SandboxCgroup(name, path)
+        below = tuple(c for c in EXECUTION_CONTROLLERS if c in self.controllers) if executions else ()
+        cgroup = V2SandboxCgroup(name, path, leaves=executions, oom_group="memory" in below)
         try:
-            self._apply(path, limits)
+            self._apply(path, limits, oom_group=not executions)
+            if executions:
+                os.mkdir(os.path.join(path, INIT_LEAF))
+                if below:
+                    write_value(
+                        os.path.join(path, "cgroup.subtree_control"), " ".join("+" + c for c in below)
+                    )
         except BaseException:
             cgroup.destroy()
             raise
@@ -243,11 +293,13 @@ class V2CgroupBackend(CgroupBackend):
                 f"(it offers {' '.join(self.controllers) or 'none'}); expected it delegated"
             )
 
-    def _apply(self, path: str, limits: CgroupLimits) -> None:
+    def _apply(self, path: str, limits: CgroupLimits, *, oom_group: bool = True) -> None:
         if "memory" in self.controllers:
-            # One OOM kill takes the whole sandbox down: a half-killed training
-            # process tree is worse than a clean memory_limit verdict.
-            write_value(os.path.join(path, "memory.oom.group"), "1")
+            # One OOM kill takes the whole group down: a half-killed training process
+            # tree is worse than a clean memory_limit verdict. With executions, each
+            # execution is that group instead of the whole sandbox.
+            if oom_group:
+                write_value(os.path.join(path, "memory.oom.group"), "1")
             swap_max = os.path.join(path, "memory.swap.max")
             if os.path.exists(swap_max):
                 write_value(swap_max, "0")
@@ -281,7 +333,20 @@ class V2CgroupBackend(CgroupBackend):
     def open(self, name: str) -> V2SandboxCgroup | None:
         check_name(name)
         path = os.path.join(self.parent_dir, name)
-        return V2SandboxCgroup(name, path) if os.path.isdir(path) else None
+        if not os.path.isdir(path):
+            return None
+        return V2SandboxCgroup(name, path, leaves=bool(child_dirs(path)))
+
+    def protect_service(self, reserve_bytes: int) -> dict:
+        done = super().protect_service(reserve_bytes)
+        if "memory" in self.controllers and reserve_bytes > 0:
+            for name in ("memory.min", "memory.low"):
+                try:
+                    write_value(os.path.join(self.supervisor_dir, name), reserve_bytes)
+                    done[name] = reserve_bytes
+                except (CgroupError, OSError):
+                    pass  # a parent that does not delegate protection: the oom score still holds
+        return done
 
     def list_names(self) -> list[str]:
         return child_dirs(self.parent_dir)

@@ -28,6 +28,8 @@ def _visible(call: Call, sandbox_id: str) -> None:
     summary="Create an isolated sandbox",
     description=(
         "Caps default to SANDBOX_DEFAULT_* and may not exceed resourceLimits (400 naming the cap). "
+        "Admission: past the host budget 429 with Retry-After, past the agent's quota (or a request "
+        "no budget could hold) 409; error.details names the budget, its limit and what is in use. "
         "A trainingConfig (a PetalTrainingRequest) mounts its data and the current base model read-only, "
         "so the learn-cycle command it returns can be run through /v1/sandbox/execute."
     ),
@@ -35,7 +37,7 @@ def _visible(call: Call, sandbox_id: str) -> None:
     body=ref("SandboxCreateRequest"),
     max_body_bytes=8 << 20,
     replies=[Reply(201, "Created", ref("Sandbox"))],
-    errors=[403, 409, 503],
+    errors=[403, 409, 429, 503],
 )
 async def create_sandbox(call: Call) -> web.Response:
     agent_id = act_as(call.caller, call.body.get("agentId"))
@@ -50,17 +52,43 @@ async def create_sandbox(call: Call) -> web.Response:
     description=(
         "stdout and stderr are capped at SANDBOX_OUTPUT_LIMIT bytes each (then `truncated` is true). "
         "terminationReason says why a run was ended early: timeout, memory_limit, pids_limit, "
-        "storage_limit, lifetime or killed."
+        "storage_limit, lifetime or killed. The call returns by timeoutSeconds plus a short grace, "
+        "whatever the command's processes do with their pipes, and everything the command started "
+        "ends with it (its own cgroup), unless detach is true: then it runs in the background "
+        "until it exits or DELETE /v1/sandbox/{sandboxId}/executions/{executionId} ends it. "
+        "resourceUsage is this execution's; resourceUsage.sandbox the sandbox's so far."
     ),
     access="agent",
     body=ref("SandboxExecuteRequest"),
     max_body_bytes=2 << 20,
-    replies=[Reply(200, "The command ran (whatever its exit status)", ref("ExecResult"))],
+    replies=[
+        Reply(200, "The command ran (whatever its exit status)", ref("ExecResult")),
+        Reply(202, "Started in the background (detach: true)", {"type": "object"}),
+    ],
     errors=[404, 409],
 )
 async def execute_in_sandbox(call: Call) -> web.Response:
     _visible(call, call.body["sandboxId"])
-    return json_reply(await call.services.sandboxes.execute(call.body))
+    reply = await call.services.sandboxes.execute(call.body)
+    return json_reply(reply, status=202 if call.body.get("detach") else 200)
+
+
+@ROUTES.operation(
+    "DELETE",
+    "/v1/sandbox/{sandboxId}/executions/{executionId}",
+    summary="End a background execution: kill everything it started and return its result",
+    access="agent",
+    path_params=[
+        SANDBOX_ID,
+        Param("executionId", {"type": "string", "pattern": "^exec-[0-9]{1,9}$"}, route_regex=r"exec-[^/]*"),
+    ],
+    replies=[Reply(200, "Ended", ref("ExecResult"))],
+    errors=[404, 409],
+)
+async def end_execution(call: Call) -> web.Response:
+    sandbox_id = call.path["sandboxId"]
+    _visible(call, sandbox_id)
+    return json_reply(await call.services.sandboxes.end_execution(sandbox_id, call.path["executionId"]))
 
 
 @ROUTES.operation(

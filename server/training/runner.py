@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rootfs import models
+from runtime.admission import AdmissionRefused
 from runtime.sandbox import ResourceCaps, SandboxError, SandboxManager, SandboxSpec
 
 from ..config import Settings
@@ -37,6 +38,7 @@ class Verdict(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"  # for good: a cap was hit, the output was invalid
     RETRY = "retry"  # worth another attempt: a crash, a sandbox that would not start
+    WAIT = "wait"  # the host's budget is full now: back in the queue, the attempt not counted
 
 
 @dataclass
@@ -48,6 +50,7 @@ class CycleOutcome:
     result: dict[str, Any] = field(
         default_factory=dict
     )  # numSamples, metrics, epochs, deltas, resourceRecord
+    retry_after_s: float | None = None  # with WAIT: when the budget may have room
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,12 @@ async def run_attempt(
     )
     try:
         sandbox = await sandboxes.create(sandbox_spec)
+    except AdmissionRefused as exc:
+        if exc.retry_after_s is None:  # more than the whole budget: waiting cannot help
+            return CycleOutcome(Verdict.FAILED, FailureReason.OVER_BUDGET, str(exc))
+        return CycleOutcome(
+            Verdict.WAIT, FailureReason.OVER_BUDGET, str(exc), retry_after_s=exc.retry_after_s
+        )
     except SandboxError as exc:
         log.warning("sandbox could not start", extra={"cycle_id": spec.cycle_id, "error": str(exc)})
         return CycleOutcome(Verdict.RETRY, FailureReason.SANDBOX_START, str(exc))

@@ -18,6 +18,8 @@ from .runner import CycleOutcome, Verdict
 
 log = logging.getLogger("wondercraft.training")
 
+WAIT_POLL_S = 1.0  # the longest a cycle refused by a full host waits before it asks again
+
 
 class FairQueue:
     """Round-robin across agents: each agent's jobs wait in its own line."""
@@ -62,6 +64,7 @@ class CycleHooks:
     attempt: Callable[[str], Awaitable[CycleOutcome]]  # one try (counts the attempt)
     attempts: Callable[[str], int]
     retrying: Callable[[str, float, CycleOutcome], Awaitable[None]]
+    waiting: Callable[[str, float, CycleOutcome], Awaitable[None]]  # over budget: queued again, uncounted
     finished: Callable[[str, CycleOutcome], Awaitable[None]]
     interrupted: Callable[[str], Awaitable[None]]  # cancelled by a stop: back to queued
 
@@ -75,6 +78,8 @@ class Scheduler:
         self._hooks = hooks
         self._running: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
+        self._agents: dict[str, str] = {}  # cycle -> agent, for putting a waiting cycle back
+        self._requeues: dict[str, asyncio.TimerHandle] = {}
 
     @property
     def slots_in_use(self) -> int:
@@ -84,10 +89,23 @@ class Scheduler:
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
 
     def put(self, agent_id: str, cycle_id: str) -> None:
+        self._agents[cycle_id] = agent_id
         self.queue.put(agent_id, cycle_id)
+
+    def _put_back_later(self, cycle_id: str, delay_s: float) -> None:
+        """A cycle the host's budget could not take now waits in the queue, holding no slot."""
+
+        def put_back() -> None:
+            self._requeues.pop(cycle_id, None)
+            self.queue.put(self._agents[cycle_id], cycle_id)
+
+        self._requeues[cycle_id] = asyncio.get_running_loop().call_later(delay_s, put_back)
 
     async def stop(self, grace_s: float) -> None:
         """No new cycle starts; running ones get `grace_s`, then are cancelled."""
+        for timer in self._requeues.values():
+            timer.cancel()  # those cycles are persisted as queued: the next start takes them
+        self._requeues.clear()
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -116,6 +134,13 @@ class Scheduler:
         try:
             while True:
                 outcome = await hooks.attempt(cycle_id)
+                if outcome.verdict == Verdict.WAIT:
+                    # The hint is when a reservation expires at the latest; sandboxes usually end
+                    # sooner, so a waiting cycle looks again within a second or two.
+                    delay = min(WAIT_POLL_S, max(0.1, float(outcome.retry_after_s or WAIT_POLL_S)))
+                    await hooks.waiting(cycle_id, delay, outcome)
+                    self._put_back_later(cycle_id, delay)
+                    return
                 if outcome.verdict != Verdict.RETRY:
                     break
                 attempts = hooks.attempts(cycle_id)
@@ -136,4 +161,5 @@ class Scheduler:
         except Exception as exc:
             log.exception("learn cycle crashed the runner", extra={"cycle_id": cycle_id})
             outcome = CycleOutcome(Verdict.FAILED, FailureReason.INTERNAL, f"internal error: {exc}")
+        self._agents.pop(cycle_id, None)
         await hooks.finished(cycle_id, outcome)

@@ -83,6 +83,11 @@ ADMIN: dict[str, dict[str, Any]] = {
                 "properties": {"total": NON_NEGATIVE_INT, "free": NON_NEGATIVE_INT},
             },
             "shutdownGraceSeconds": {"type": "number", "minimum": 0},
+            "admission": {
+                "type": ["object", "null"],
+                "description": "Committed to live sandboxes against the host budget (memoryMB, cpuCores, "
+                "gpus: {committed, budget}), the per-agent quota and each agent's share",
+            },
         },
     },
     "CycleList": listing("cycles", "CycleStatus"),

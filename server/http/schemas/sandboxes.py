@@ -71,6 +71,11 @@ SANDBOXES: dict[str, dict[str, Any]] = {
                 },
             },
             "stdin": {"type": "string", "maxLength": 1048576},
+            "detach": {
+                "type": "boolean",
+                "description": "Run in the background: answer 202 at once; listed in the sandbox's "
+                "status, ended by DELETE /v1/sandbox/{sandboxId}/executions/{executionId}",
+            },
         },
     },
     "ResourceUsage": {
