@@ -63,8 +63,8 @@ class CycleHooks:
 
     attempt: Callable[[str], Awaitable[CycleOutcome]]  # one try (counts the attempt)
     attempts: Callable[[str], int]
+    # Another try after a delay; with a WAIT outcome the cycle is queued again, its attempt uncounted.
     retrying: Callable[[str, float, CycleOutcome], Awaitable[None]]
-    waiting: Callable[[str, float, CycleOutcome], Awaitable[None]]  # over budget: queued again, uncounted
     finished: Callable[[str, CycleOutcome], Awaitable[None]]
     interrupted: Callable[[str], Awaitable[None]]  # cancelled by a stop: back to queued
 
@@ -138,7 +138,7 @@ class Scheduler:
                     # The hint is when a reservation expires at the latest; sandboxes usually end
                     # sooner, so a waiting cycle looks again within a second or two.
                     delay = min(WAIT_POLL_S, max(0.1, float(outcome.retry_after_s or WAIT_POLL_S)))
-                    await hooks.waiting(cycle_id, delay, outcome)
+                    await hooks.retrying(cycle_id, delay, outcome)
                     self._put_back_later(cycle_id, delay)
                     return
                 if outcome.verdict != Verdict.RETRY:

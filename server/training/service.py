@@ -60,7 +60,7 @@ class TrainingService:
         self._stopping = False
         retry = RetryPolicy(settings.petals_max_retries, settings.petals_retry_base_delay_s)
         hooks = CycleHooks(self._attempt, lambda cid: self._cycles[cid].attempts, self._retrying,
-                           self._waiting, self._finished, self._interrupted)  # fmt: skip
+                           self._finished, self._interrupted)  # fmt: skip
         self.scheduler = Scheduler(settings.max_concurrent_cycles, retry, hooks)
         # Test hook: a closing round first waits (at most this many seconds) until another
         # cycle of its base, not among its members, has completed: it forces that interleaving.
@@ -219,25 +219,20 @@ class TrainingService:
 
     async def _retrying(self, cycle_id: str, delay_s: float, outcome: CycleOutcome) -> None:
         cycle = self._cycles[cycle_id]
-        cycle.status = CycleStatus.RETRYING
-        cycle.error = {
-            "reason": str(outcome.reason),
-            "message": outcome.message,
-            "retryInSeconds": round(delay_s, 3),
-        }
+        waits = outcome.verdict == Verdict.WAIT
+        if waits:
+            cycle.attempts -= 1  # it never started: a full host is not the cycle's failure
+        cycle.status = CycleStatus.QUEUED if waits else CycleStatus.RETRYING
+        cycle.error = {"reason": str(outcome.reason), "message": outcome.message,
+                       "retryInSeconds": round(delay_s, 3)}  # fmt: skip
         if outcome.result:
             cycle.result = outcome.result
         await self._persist(cycle)
-        log.warning("learn cycle will be retried", extra={"cycle_id": cycle_id, "attempt": cycle.attempts})
-        self._emit(cycle, "training_cycle_failed", error=f"{outcome.reason} (attempt {cycle.attempts})")
-
-    async def _waiting(self, cycle_id: str, delay_s: float, outcome: CycleOutcome) -> None:
-        cycle = self._cycles[cycle_id]
-        cycle.attempts -= 1  # it never started: a full host is not the cycle's failure
-        cycle.status = CycleStatus.QUEUED
-        cycle.error = {"reason": str(outcome.reason), "message": outcome.message, "retryInSeconds": delay_s}
-        await self._persist(cycle)
-        self._set_gauges()
+        if not waits:
+            log.warning(
+                "learn cycle will be retried", extra={"cycle_id": cycle_id, "attempt": cycle.attempts}
+            )
+            self._emit(cycle, "training_cycle_failed", error=f"{outcome.reason} (attempt {cycle.attempts})")
 
     async def _interrupted(self, cycle_id: str) -> None:
         cycle = self._cycles.get(cycle_id)
