@@ -18,6 +18,7 @@ from .api import build_api
 from .audit import AuditLog
 from .auth import AgentRegistry
 from .config import Settings
+from .dashboard import install as install_dashboard
 from .datasets import DatasetService
 from .errors import WonderCraftError
 from .metrics import LoopLagMonitor, Metrics
@@ -184,6 +185,7 @@ def create_app(settings: Settings, store: Store, admin_token: str | None = None)
     api = build_api()
     app[API_KEY] = api
     api.install(app, services.agents.authenticate)
+    install_dashboard(app)
     app.on_startup.append(_start_services)
     app.on_shutdown.append(_begin_shutdown)
     app.on_cleanup.append(_stop_services)
