@@ -368,3 +368,41 @@ def test_a_state_change_from_another_origin_is_refused(service):
         headers={"Origin": service.url, "Content-Type": "text/plain"},
     )  # fmt: skip
     assert status == 415, answer
+
+
+def test_cycle_chart_grows_while_the_cycle_trains(tab, service):
+    epochs = 1000
+    job = {
+        "modelType": "linear:dash-live",
+        "dataBatch": [{"x": [float(i % 16)], "y": 2.0 * (i % 16)} for i in range(128)],
+        "trainingParams": {"epochs": epochs, "learningRate": 0.0001, "batchSize": 1},
+        "resourceCaps": {"cpu": 1, "memory": 256},
+    }
+    status, body, _ = http("POST", f"{service.url}/v1/petals/train", job, token=service.agent_token)
+    assert status == 202, body
+    cycle_id = body["cycleId"]
+    tab.sign_in()
+    tab.open(f"#cycles/{cycle_id}", "#cycle-chart .uplot")
+    counts_while_running = set()
+
+    def ended() -> bool:
+        state = tab.page.evaluate(
+            "(() => { const c = document.querySelector('#cycle-chart');"
+            " return [c.dataset.status, JSON.parse(c.dataset.points).x.length]; })()"
+        )
+        if state[0] == "running":
+            counts_while_running.add(state[1])
+        return state[0] in ("completed", "aggregated", "failed")
+
+    wait_until(ended, 120, what="the cycle to end on the page")
+    # Partial curves were drawn while it ran, and they grew.
+    partial = sorted(n for n in counts_while_running if 0 < n < epochs)
+    assert len(partial) >= 2, counts_while_running
+    final = wait_cycle(service, service.agent_token, cycle_id)
+    tab.until(
+        f"JSON.parse(document.querySelector('#cycle-chart').dataset.points).x.length === {epochs}",
+        "all epochs",
+    )
+    shown = tab.points("#cycle-chart")
+    assert shown["series"]["loss"] == pytest.approx([e["loss"] for e in final["result"]["epochs"]])
+    assert tab.errors == []

@@ -61,7 +61,7 @@ async function showCycle(root, page, cycleId) {
   page.onClose(() => chart.destroy());
   const seen = new Map();
   let done = false;
-  page.every(1000, async () => {
+  page.every(500, async () => {
     if (done) return;
     const cycle = await get(`/v1/petals/status/${encodeURIComponent(cycleId)}`);
     const points = epochPoints(cycle, seen);
