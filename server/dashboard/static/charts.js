@@ -5,6 +5,7 @@
 import uPlot from "/dashboard/vendor/uPlot.esm.js";
 import { h } from "./dom.js";
 
+const WHOLE_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
 const COLOURS = ["#2b6cb0", "#d97706", "#18794e", "#b42318", "#6b46c1"];
 
 function publish(element, x, series) {
@@ -20,7 +21,8 @@ export function lineChart({ id, title, xLabel, series, width = 560, height = 240
     width,
     height,
     scales: { x: { time: false } },
-    axes: [{ label: xLabel }, { label: names.join(" / ") }],
+    // Epochs and versions are whole numbers: ticks only at whole steps.
+    axes: [{ label: xLabel, incrs: WHOLE_STEPS }, { label: names.join(" / ") }],
     series: [{ label: xLabel }, ...names.map((name, i) => ({ label: name, stroke: COLOURS[i % COLOURS.length], width: 2, points: { show: true } }))],
   };
   let plot = null;

@@ -16,7 +16,7 @@ export function h(tag, attrs = {}, ...children) {
 }
 
 function append(element, children) {
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     element.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -44,7 +44,7 @@ export function card(label, value, attrs = {}) {
 
 export function fmt(value) {
   if (value === undefined || value === null) return "–";
-  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toPrecision(4);
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(4)));
   if (typeof value === "object") return JSON.stringify(value);
   return String(value);
 }

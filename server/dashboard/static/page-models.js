@@ -100,9 +100,10 @@ async function showModel(root, page, modelType) {
 export async function render(root, page, [modelType]) {
   root.append(h("h2", { text: "Models" }));
   const names = await modelNames();
+  const selected = modelType || names[0];
   const picker = h("form", { class: "filters", id: "pick-model" },
     h("label", { for: "model-name", text: "Model" }),
-    h("input", { id: "model-name", name: "model", list: "model-names", value: modelType || "" }),
+    h("input", { id: "model-name", name: "model", list: "model-names", value: selected || "" }),
     h("datalist", { id: "model-names" }, names.map((n) => h("option", { value: n }))),
     h("button", { type: "submit", text: "Show" }));
   picker.addEventListener("submit", (event) => {
@@ -112,7 +113,6 @@ export async function render(root, page, [modelType]) {
   });
   const links = h("p", { id: "model-links" }, names.map((n) => [h("a", { href: `#models/${encodeURIComponent(n)}`, text: n }), " "]));
   root.append(picker, links);
-  const selected = modelType || names[0];
   if (selected) await showModel(root, page, selected);
   else root.append(h("p", { class: "hint", text: "No model yet." }));
 }

@@ -2,7 +2,7 @@
 // admission budget in use (when the service reports it) and GPUs.
 
 import { get, session } from "./api.js";
-import { card, clear, h, table } from "./dom.js";
+import { card, clear, fmt, h, table } from "./dom.js";
 
 export function successRate(byStatus = {}) {
   const good = (byStatus.completed || 0) + (byStatus.aggregated || 0);
@@ -10,11 +10,16 @@ export function successRate(byStatus = {}) {
   return finished ? `${((100 * good) / finished).toFixed(1)} %` : "–";
 }
 
+// The admission totals the service reports (`admission: {budget, committed}`), one card per
+// resource when they are per resource, else one card; none when the service reports none.
 function admissionCards(admission) {
-  if (!admission || !admission.budget) return [];
-  const committed = admission.committed || {};
-  return Object.entries(admission.budget).map(([resource, budget]) =>
-    card(`admission ${resource}`, `${committed[resource] ?? 0} / ${budget}`, { dataset: { metric: `admission-${resource}` } }));
+  if (!admission || admission.budget === undefined) return [];
+  const { budget, committed } = admission;
+  if (budget === null || typeof budget !== "object") {
+    return [card("admission in use", `${fmt(committed)} / ${fmt(budget)}`, { dataset: { metric: "admission" } })];
+  }
+  return Object.entries(budget).map(([resource, total]) =>
+    card(`admission ${resource}`, `${fmt((committed || {})[resource] ?? 0)} / ${fmt(total)}`, { dataset: { metric: `admission-${resource}` } }));
 }
 
 export async function render(root, page) {
