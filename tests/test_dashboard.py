@@ -433,3 +433,32 @@ def test_overview_shows_the_admission_budget_in_use_when_the_service_reports_it(
     assert tab.page.text_content("[data-metric=admission-memoryMB] .value") == "384 / 8192"
     assert tab.page.text_content("[data-metric=admission-cpu] .value") == "1.5 / 2"
     assert tab.errors == []
+
+
+def test_telemetry_tail_is_live_and_filtered(tab, service):
+    tab.sign_in()
+    tab.open("#telemetry", "#telemetry-rows tr")
+    tab.until("document.querySelector('#tail-state').textContent === 'live'", "the tail to be live")
+
+    def record(agent_id: str, error: str) -> int:
+        event = {"event": "training_cycle_failed", "agentId": agent_id, "error": error}
+        status, body, _ = http(
+            "POST", f"{service.url}/v1/telemetry/training", {"events": [event]}, token=ADMIN_TOKEN
+        )
+        assert status == 202, body
+        return body["events"][0]["seq"]
+
+    # A new event shows up without a reload: it came over the stream.
+    seq = record(AGENT, "live line one")
+    tab.until(f"!!document.querySelector('#telemetry-rows tr[data-seq=\"{seq}\"]')", "the streamed event")
+    assert tab.page.text_content("#telemetry-rows tr:first-child .error-text") == "live line one"
+    # Filtered to another agent: only its events, old and new.
+    register_agent(service, "carol")
+    tab.page.fill("#telemetry-agent", "carol")
+    tab.page.click("#telemetry-filters button[type=submit]")
+    tab.until("document.querySelectorAll('#telemetry-rows tr').length === 0", "the filtered tail to be empty")
+    record(AGENT, "not carol's")
+    seq = record("carol", "carol's line")
+    tab.until(f"!!document.querySelector('#telemetry-rows tr[data-seq=\"{seq}\"]')", "carol's streamed event")
+    assert tab.page.locator("#telemetry-rows .agent").all_text_contents() == ["carol"]
+    assert tab.errors == []
