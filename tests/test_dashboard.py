@@ -217,6 +217,11 @@ def test_model_chart_labels_training_metrics_and_matches_the_versions(tab, servi
     assert shown["x"] == [v["version"] for v in trained]
     assert shown["series"]["training accuracy"] == pytest.approx([v["metrics"]["accuracy"] for v in trained])
     assert "training figures" in tab.page.text_content("#metrics-source").lower()
+    # Each round with its participants and votes, as the history recorded them.
+    assert tab.page.locator("#model-rounds tbody tr").count() == len(trained)
+    assert AGENT in tab.page.text_content("#model-rounds") and "norm: approve" in tab.page.text_content(
+        "#model-rounds"
+    )
     assert tab.errors == []
 
 

@@ -41,10 +41,6 @@ SECURITY_HEADERS = {
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class VendorMissing(web.HTTPServiceUnavailable):
-    pass
-
-
 def _file_response(path: Path, content_type: str) -> web.StreamResponse:
     response = web.FileResponse(path, headers=SECURITY_HEADERS)
     response.content_type = content_type

@@ -37,6 +37,26 @@ function participants(v) {
   return (v.participants || []).map((p) => `${p.agentId} (${p.numSamples} samples)`).join(", ") || "–";
 }
 
+// Every round of the model as its proposals recorded it: approved or not, who took part and
+// how each validator voted (a rejected round makes no version, so only the history has it).
+async function roundsTable(modelType) {
+  const history = await get(`/v1/consensus/history${query({ modelType, kind: "round_proposal", limit: 100 })}`);
+  if (!history.entries.length) return h("p", { class: "hint", text: "No round has closed yet." });
+  return table(
+    [
+      { label: "seq", value: (e) => e.seq, num: true },
+      { label: "base version", value: (e) => e.body.baseVersion, num: true },
+      { label: "verdict", value: (e) => h("span", { class: e.body.approved ? "ok" : "bad", text: e.body.approved ? "approved" : "rejected" }) },
+      { label: "closed by", value: (e) => e.body.closedBy },
+      { label: "participants", value: (e) => participants(e.body) },
+      { label: "votes", value: (e) => votes(e.body) },
+      { label: "time", value: (e) => time(e.createdAt) },
+    ],
+    history.entries,
+    (e) => ({ dataset: { round: e.seq } }),
+  );
+}
+
 async function showModel(root, page, modelType) {
   const data = await get(`/v1/petals/model/versions${query({ modelType })}`);
   const versions = data.versions;
@@ -94,6 +114,8 @@ async function showModel(root, page, modelType) {
       [...versions].reverse(),
       (v) => ({ dataset: { version: v.version } }),
     ),
+    h("h3", { text: "Rounds" }),
+    h("div", { id: "model-rounds" }, await roundsTable(modelType)),
   );
 }
 
