@@ -22,7 +22,7 @@ export function lineChart({ id, title, xLabel, series, width = 560, height = 240
     height,
     scales: { x: { time: false } },
     // Epochs and versions are whole numbers: ticks only at whole steps.
-    axes: [{ label: xLabel, incrs: WHOLE_STEPS }, { label: names.join(" / ") }],
+    axes: [{ label: xLabel, incrs: WHOLE_STEPS }, {}],  // the legend names each series
     series: [{ label: xLabel }, ...names.map((name, i) => ({ label: name, stroke: COLOURS[i % COLOURS.length], width: 2, points: { show: true } }))],
   };
   let plot = null;

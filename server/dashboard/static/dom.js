@@ -32,7 +32,8 @@ export function table(columns, rows, rowAttrs = () => ({})) {
   const body = rows.map((row) =>
     h("tr", rowAttrs(row), columns.map((c) => {
       const value = c.value(row);
-      return h("td", { class: c.num ? "num" : undefined }, value instanceof Node ? value : fmt(value));
+      const cls = [c.num ? "num" : "", c.nowrap ? "nowrap" : "", c.wrap ? "wrap" : ""].join(" ").trim() || undefined;
+      return h("td", { class: cls }, value instanceof Node ? value : fmt(value));
     })),
   );
   return h("table", {}, h("thead", {}, head), h("tbody", {}, body));

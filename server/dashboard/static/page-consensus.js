@@ -35,11 +35,11 @@ export async function render(root, page) {
     clear(entries).append(table(
       [
         { label: "seq", value: (e) => e.seq, num: true },
-        { label: "time", value: (e) => time(e.createdAt) },
+        { label: "time", value: (e) => time(e.createdAt), nowrap: true },
         { label: "kind", value: (e) => e.kind },
         { label: "model", value: (e) => e.modelName },
         { label: "agent", value: (e) => e.agentId },
-        { label: "what", value: (e) => summary(e.body) },
+        { label: "what", value: (e) => summary(e.body), wrap: true },
         { label: "hash", value: (e) => h("code", { text: (e.entryHash || "").slice(0, 12) }) },
       ],
       history.entries,

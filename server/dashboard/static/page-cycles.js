@@ -105,7 +105,7 @@ export async function render(root, page, [cycleId]) {
       { label: "status", value: (c) => c.status },
       { label: "epoch", value: (c) => `${fmt((c.progress || {}).epoch)} / ${fmt((c.progress || {}).epochs)}` },
       { label: "loss", value: (c) => (c.progress || {}).loss, num: true },
-      { label: "created", value: (c) => time(c.createdAt) },
+      { label: "created", value: (c) => time(c.createdAt), nowrap: true },
     ],
     cycles,
     (c) => ({ class: c.cycleId === cycleId ? "selected" : undefined, dataset: { cycle: c.cycleId } }),

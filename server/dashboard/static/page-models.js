@@ -50,7 +50,7 @@ async function roundsTable(modelType) {
       { label: "closed by", value: (e) => e.body.closedBy },
       { label: "participants", value: (e) => participants(e.body) },
       { label: "votes", value: (e) => votes(e.body) },
-      { label: "time", value: (e) => time(e.createdAt) },
+      { label: "time", value: (e) => time(e.createdAt), nowrap: true },
     ],
     history.entries,
     (e) => ({ dataset: { round: e.seq } }),
@@ -102,7 +102,7 @@ async function showModel(root, page, modelType) {
         { label: "held-out loss / accuracy", value: (v) => (held.has(v.version) ? `${fmt(held.get(v.version).loss)} / ${fmt(held.get(v.version).accuracy)}` : "–") },
         { label: "participants", value: participants },
         { label: "votes", value: votes },
-        { label: "committed", value: (v) => time(v.timestamp * 1000) },
+        { label: "committed", value: (v) => time(v.timestamp * 1000), nowrap: true },
         { label: "sha256", value: (v) => (v.sha256 || "").slice(0, 12) },
         {
           label: "",
