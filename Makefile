@@ -6,23 +6,33 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.wondercraft-installed
 # libcap-dev: python-prctl builds against it; user-mode-linux: the cgroup v2 test guest;
-# systemd: systemd-analyze, which the tests use to verify the service unit.
-HOST_PACKAGES := libcap-dev iproute2 user-mode-linux systemd
+# systemd: systemd-analyze, which the tests use to verify the service unit; chromium: the
+# browser the dashboard's tests drive through Playwright (never `playwright install`).
+HOST_PACKAGES := libcap-dev iproute2 user-mode-linux systemd chromium
 BENCH_PACKAGES := bubblewrap
 HOST ?= 127.0.0.1
 PORT ?= 3000
 STATE_DIR ?= ./var
 PYTEST_ARGS ?=
+# The dashboard's chart library, pinned by package-lock.json, installed by npm ci and served
+# from node_modules (never from a CDN, never committed).
+DASHBOARD_WEB := server/dashboard/web
+DASHBOARD_STAMP := $(DASHBOARD_WEB)/node_modules/.wondercraft-installed
 
 .PHONY: install install-service run test lint format bench rootfs clean
 
-install: $(STAMP)
+install: $(STAMP) $(DASHBOARD_STAMP)
 
 $(STAMP): setup.py scripts/host-packages.sh native/wc-init.c
 	scripts/host-packages.sh $(HOST_PACKAGES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,torch]'
+	touch $@
+
+$(DASHBOARD_STAMP): $(DASHBOARD_WEB)/package.json $(DASHBOARD_WEB)/package-lock.json
+	command -v npm >/dev/null || scripts/host-packages.sh nodejs npm
+	cd $(DASHBOARD_WEB) && npm ci --no-audit --no-fund --ignore-scripts
 	touch $@
 
 # The systemd unit (systemd/wondercraft.service), with ExecStart pointing at this checkout's venv;
@@ -32,7 +42,8 @@ install-service: install
 
 run: install
 	@echo "wondercraft: serving on http://$(HOST):$(PORT), state in $(STATE_DIR);" \
-	      "admin token in $(STATE_DIR)/admin.token unless WONDERCRAFT_ADMIN_TOKEN is set"
+	      "admin token in $(STATE_DIR)/admin.token unless WONDERCRAFT_ADMIN_TOKEN is set;" \
+	      "dashboard at http://$(HOST):$(PORT)/dashboard/"
 	$(VENV)/bin/wondercraft serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
 
 lint: install
@@ -57,4 +68,4 @@ rootfs: install
 	scripts/build-rootfs.sh rootfs/build/debian
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(DASHBOARD_WEB)/node_modules tests/artifacts

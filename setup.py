@@ -40,6 +40,7 @@ setup(
         "native": ["wc-init.c"],
         "rootfs": ["*.md", "*.json", "*.py"],
         "server": ["*.json", "*.yaml"],
+        "server.dashboard": ["static/*", "web/package.json", "web/package-lock.json"],
     },
     cmdclass={"build_py": BuildWithLauncher},
     install_requires=[
@@ -68,6 +69,8 @@ setup(
             "ruff>=0.6",
             "schemathesis>=3.30",
             "scikit-learn>=1.4",
+            # Drives Debian's chromium for the dashboard's browser tests.
+            "playwright>=1.45",
         ],
         # PyTorch learn programs (the CPU build is enough for the suite).
         "torch": [

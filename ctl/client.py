@@ -30,14 +30,16 @@ EXIT_INTERRUPTED = 130
 DEFAULT_URL = "http://127.0.0.1:3000"
 SERVICE_STATE_DIR = Path("/var/lib/wondercraft")  # the state dir systemd/wondercraft.service uses
 LOCAL_STATE_DIR = Path("./var")  # the state dir `make run` uses
+SERVICE_FILE = "service.json"  # where a running service says where it listens (server/cli.py)
 
 
 class CtlError(click.ClickException):
     """A one-line error with its exit status; no traceback ever reaches the operator."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_API) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_API, status: int | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.status = status  # the HTTP status of the refusal, when the service answered
 
     def show(self, file=None) -> None:
         click.echo(f"wondercraft-ctl: error: {self.message}", err=True)
@@ -161,17 +163,29 @@ def api_error(method: str, path: str, status: int, payload: bytes) -> CtlError:
     except (ValueError, KeyError, TypeError):
         message = payload.decode(errors="replace").strip()[:200] or "no details"
     if status in (401, 403):
-        return CtlError(f"the service refused the token ({status}): {message}", EXIT_AUTH)
+        return CtlError(f"the service refused the token ({status}): {message}", EXIT_AUTH, status)
     if status == 404:
-        return CtlError(message, EXIT_NOT_FOUND)
-    return CtlError(f"{method} {path} failed ({status}): {message}", EXIT_API)
+        return CtlError(message, EXIT_NOT_FOUND, status)
+    return CtlError(f"{method} {path} failed ({status}): {message}", EXIT_API, status)
 
 
 def default_state_dir() -> Path:
     """./var (`make run`), unless only the systemd unit's state dir holds a token."""
-    if not (LOCAL_STATE_DIR / "admin.token").exists() and (SERVICE_STATE_DIR / "admin.token").exists():
+    local = any((LOCAL_STATE_DIR / name).exists() for name in ("admin.token", SERVICE_FILE))
+    if not local and (SERVICE_STATE_DIR / "admin.token").exists():
         return SERVICE_STATE_DIR
     return LOCAL_STATE_DIR
+
+
+def url_from_state_dir(state_dir: Path) -> str | None:
+    """The URL a local service wrote into STATE_DIR/service.json when it started (it removes the
+    file when it stops), or None when there is no such file or it is unreadable."""
+    try:
+        data = json.loads((state_dir / SERVICE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
 
 
 def token_from_state_dir(state_dir: Path) -> tuple[str | None, str]:

@@ -23,7 +23,15 @@ from . import (
     status,
     telemetry,
 )
-from .client import DEFAULT_URL, EXIT_INTERRUPTED, EXIT_OK, SERVICE_STATE_DIR, Verdict, default_state_dir
+from .client import (
+    DEFAULT_URL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    SERVICE_STATE_DIR,
+    Verdict,
+    default_state_dir,
+    url_from_state_dir,
+)
 from .context import Ctl, seconds_option
 
 
@@ -34,8 +42,8 @@ from .context import Ctl, seconds_option
 @click.option(
     "--url",
     envvar="WONDERCRAFT_URL",
-    default=DEFAULT_URL,
-    help="The service's base URL (env WONDERCRAFT_URL).",
+    help="The service's base URL (env WONDERCRAFT_URL; default: the URL a local service wrote to "
+    f"STATE_DIR/service.json, else {DEFAULT_URL}).",
 )
 @click.option(
     "--token",
@@ -53,7 +61,12 @@ from .context import Ctl, seconds_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
 @click.pass_context
 def cli(
-    ctx: click.Context, url: str, token: str | None, state_dir: Path | None, timeout_s: float, as_json: bool
+    ctx: click.Context,
+    url: str | None,
+    token: str | None,
+    state_dir: Path | None,
+    timeout_s: float,
+    as_json: bool,
 ) -> None:
     """Administer a WonderCraft service over its REST API.
 
@@ -62,8 +75,9 @@ def cli(
     a check or a cycle failed); 2 bad usage; 3 service unreachable;
     4 no token or token refused; 5 not found; 6 other API error.
     """  # fmt: skip
-    ctx.obj = Ctl(url=url, token=token, state_dir=state_dir or default_state_dir(), timeout_s=timeout_s,
-                  json=as_json)  # fmt: skip
+    state_dir = state_dir or default_state_dir()
+    url = url or url_from_state_dir(state_dir) or DEFAULT_URL
+    ctx.obj = Ctl(url=url, token=token, state_dir=state_dir, timeout_s=timeout_s, json=as_json)
 
 
 for _command in (

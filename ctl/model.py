@@ -9,13 +9,24 @@ from pathlib import Path
 
 import click
 
-from .client import EXIT_API, CtlError
+from .client import EXIT_API, EXIT_NOT_FOUND, CtlError
 from .context import Ctl, command
 from .output import number, pairs, table, when
 
 _VERSION_OPTION = click.option(
     "--version", "version", type=click.IntRange(min=0), help="A version (default: the current one)."
 )
+
+
+def _model_call(ctl: Ctl, name: str, method: str, path: str, body=None, **kwargs):
+    """A call about the model NAME: a name the service cannot hold (its 400 on modelType) is
+    "not found" (exit 5), the same as a well-formed name no model has."""
+    try:
+        return ctl.client.call(method, path, body, **kwargs)
+    except CtlError as exc:
+        if exc.status == 400 and "modelType" in exc.message:
+            raise CtlError(f"no model named {name!r}: {exc.message}", EXIT_NOT_FOUND, 400) from None
+        raise
 
 
 @click.group()
@@ -32,7 +43,7 @@ def model_ls(ctl: Ctl, name: str | None) -> None:
         ctl.out(models, lambda d: table([[m["modelType"], m["currentVersion"], m["versions"]] for m in d],
                                         ["MODEL", "CURRENT", "VERSIONS"]))  # fmt: skip
         return
-    ctl.out(ctl.client.call("GET", "/v1/petals/model/versions", query={"modelType": name}), _versions)
+    ctl.out(_model_call(ctl, name, "GET", "/v1/petals/model/versions", query={"modelType": name}), _versions)
 
 
 def _versions(d: dict) -> None:
@@ -53,7 +64,7 @@ def _versions(d: dict) -> None:
 def model_show(ctl: Ctl, name: str, version: int | None) -> None:
     """A version's signature, metadata and parameter shapes (--json: the values too)."""
     query = {"modelType": name, "version": version}
-    ctl.out(ctl.client.call("GET", "/v1/petals/model/shared", query=query), _show)
+    ctl.out(_model_call(ctl, name, "GET", "/v1/petals/model/shared", query=query), _show)
 
 
 def _show(d: dict) -> None:
@@ -75,8 +86,8 @@ def _show(d: dict) -> None:
 @click.argument("version", type=click.IntRange(min=0))
 def model_rollback(ctl: Ctl, name: str, version: int) -> None:
     """Make VERSION of NAME the current one again."""
-    data = ctl.client.call(
-        "POST", "/v1/petals/model/shared/rollback", {"modelType": name, "version": version}
+    data = _model_call(
+        ctl, name, "POST", "/v1/petals/model/shared/rollback", {"modelType": name, "version": version}
     )
     ctl.out(
         data,
@@ -97,7 +108,7 @@ def model_rollback(ctl: Ctl, name: str, version: int) -> None:
 def model_export(ctl: Ctl, name: str, target: Path, version: int | None) -> None:
     """Write a version of NAME as an ONNX model to a file."""
     query = {"modelType": name, "version": version, "format": "onnx"}
-    payload = ctl.client.call("GET", "/v1/petals/model/shared", query=query, raw=True)
+    payload = _model_call(ctl, name, "GET", "/v1/petals/model/shared", query=query, raw=True)
     _write_atomically(target, payload)
     data = {"modelType": name, "version": version, "path": str(target), "bytes": len(payload),
             "sha256": hashlib.sha256(payload).hexdigest()}  # fmt: skip

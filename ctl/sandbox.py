@@ -33,6 +33,18 @@ def _usage_items(usage: dict) -> list[tuple[str, Any]]:
     ]
 
 
+def ended_at_ms(s: dict) -> float | None:
+    """When a destroyed sandbox ended: the service's own time where it gives one, else its
+    creation plus the wall time of its final record."""
+    for key in ("endedAt", "destroyedAt"):
+        if s.get(key) is not None:
+            return s[key]
+    final, _ = _final(s)
+    if final.get("wallSeconds") is None or s.get("createdAt") is None:
+        return None
+    return s["createdAt"] + final["wallSeconds"] * 1000
+
+
 def _rows(sandboxes: list[dict]) -> None:
     rows = []
     for s in sandboxes:
@@ -42,10 +54,10 @@ def _rows(sandboxes: list[dict]) -> None:
             [
                 s["sandboxId"], s["agentId"], s["status"], number(caps.get("cpu")),
                 human_bytes((caps.get("memory") or 0) << 20), s.get("executions"), when(s.get("createdAt")),
-                final.get("terminationReason"),
+                when(ended_at_ms(s)), final.get("terminationReason") or s.get("terminationReason"),
             ]
         )  # fmt: skip
-    table(rows, ["SANDBOX", "AGENT", "STATUS", "CPU", "MEMORY", "EXECS", "CREATED", "ENDED"])
+    table(rows, ["SANDBOX", "AGENT", "STATUS", "CPU", "MEMORY", "EXECS", "CREATED", "ENDED", "REASON"])
 
 
 @command(sandbox, "ls")

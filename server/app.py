@@ -20,6 +20,7 @@ from runtime.supervisor import Supervisor
 from .audit import AuditLog
 from .auth import AgentRegistry
 from .config import Settings
+from .dashboard import install as install_dashboard
 from .datasets import DatasetService
 from .errors import StartupRefused, WonderCraftError
 from .http import build_api
@@ -211,6 +212,7 @@ def create_app(settings: Settings, store: Store, admin_token: str | None = None)
     api = build_api()
     app[API_KEY] = api
     api.install(app, services.agents.authenticate)
+    install_dashboard(app)
     app.on_startup.append(_start_services)
     app.on_shutdown.append(_begin_shutdown)
     app.on_cleanup.append(_stop_services)

@@ -102,6 +102,48 @@ def load_admin_token(settings: Settings, state_dir: Path) -> tuple[str, str]:
     return token, str(path)
 
 
+SERVICE_FILE = "service.json"
+
+
+def service_url(host: str, port: int) -> str:
+    """The URL a local client reaches a listener on: a wildcard address is reached on loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def write_service_file(state_dir: Path, host: str, port: int) -> Path:
+    """STATE/service.json (0644): where this service listens, so `wondercraft-ctl` finds a local
+    service on any port. Written atomically once the port answers; removed at stop."""
+    path = state_dir / SERVICE_FILE
+    partial = state_dir / f".{SERVICE_FILE}.partial"
+    record = {
+        "url": service_url(host, port),
+        "host": host,
+        "port": port,
+        "pid": os.getpid(),
+        "version": VERSION,
+    }
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o644)  # whatever the umask: the file holds no secret
+        json.dump(record, handle)
+    os.replace(partial, path)
+    return path
+
+
+def remove_service_file(state_dir: Path) -> None:
+    """Removes STATE/service.json if it is this process's (a newer service may have replaced it)."""
+    path = state_dir / SERVICE_FILE
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 async def _serve(
     settings: Settings, store, listener: socket.socket, admin_token: str, notifier: Notifier
 ) -> None:
@@ -110,6 +152,7 @@ async def _serve(
     from .app import create_app
 
     app = create_app(settings, store, admin_token=admin_token)
+    state_dir = Path(store.path).resolve().parent
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     # Installed before start-up recovery, so a stop asked for during it is a clean stop too.
     stop = asyncio.Event()
@@ -128,6 +171,7 @@ async def _serve(
         site = web.SockSite(runner, listener)
         await site.start()
         host, port = listener.getsockname()[:2]
+        write_service_file(state_dir, host, port)
         log.info("listening", extra={"host": host, "port": port, "version": VERSION})
         # Recovery has finished and the port answers: only now may systemd start dependents.
         notifier.ready(f"serving on {host}:{port}")
@@ -137,6 +181,7 @@ async def _serve(
     notifier.stopping(
         f"stopping: running cycles get up to {settings.shutdown_grace_s:g}s, then their sandboxes are killed"
     )
+    remove_service_file(state_dir)
     await runner.cleanup()
     await notifier.close()
     log.info("stopped")

@@ -99,6 +99,11 @@ async def cycle_status(call: Call) -> web.Response:
     return json_reply(petals.get(cycle_id))
 
 
+def onnx_filename(model_name: str, version: int) -> str:
+    """mlp:digits version 3 -> mlp-digits-v3.onnx (a model name holds only [A-Za-z0-9._:-])."""
+    return f"{model_name.replace(':', '-')}-v{version}.onnx"
+
+
 @ROUTES.operation(
     "GET",
     "/v1/petals/model/shared",
@@ -116,9 +121,12 @@ async def shared_model(call: Call) -> web.StreamResponse:
     petals = call.services.petals
     name, version = call.query["modelType"], call.query.get("version")
     if call.query.get("format") == "onnx":
+        if version is None:
+            # Fixed first, so the file's name and its contents are of the same version.
+            version = (await petals.shared.versions(name))["currentVersion"]
         body = await petals.shared.shared_model_onnx(name, version)
         return web.Response(body=body, content_type="application/octet-stream",
-                            headers={"Content-Disposition": 'attachment; filename="model.onnx"'})  # fmt: skip
+                            headers={"Content-Disposition": f'attachment; filename="{onnx_filename(name, version)}"'})  # fmt: skip
     return json_reply(await petals.shared.shared_model(name, version, call.caller.agent_id))
 
 
