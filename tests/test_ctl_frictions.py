@@ -17,7 +17,9 @@ from tests.test_ctl import CTL, JOB, ctl, ok, one_line_error
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with api_server(tmp_path_factory.mktemp("ctl-frictions") / "state") as server:
+    with api_server(
+        tmp_path_factory.mktemp("ctl-frictions") / "state", PETALS_AUTO_CREATE_MODELS="1"
+    ) as server:
         server.token = register_agent(server, "agent-f")
         yield server
 

@@ -72,7 +72,7 @@ def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboard")
     config = root / "scaling.json"
     config.write_text(json.dumps({"aggregationThreshold": 1.0}))
-    env = clean_env(WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN)
+    env = clean_env(WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN, PETALS_AUTO_CREATE_MODELS="1")
     with ServerProcess(root / "state", env=env, args=["--config", str(config)]) as server:
         server.agent_token = register_agent(server, AGENT)
         server.cycles = train_model_with_versions(server, server.agent_token)
