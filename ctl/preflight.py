@@ -1,5 +1,5 @@
 """`preflight`: the host checks, run here (no service needed). The checks live with the service
-(server/preflight.py) and need the runtime, so they are imported only when this command runs."""
+(server/preflight/) and need the runtime, so they are imported only when this command runs."""
 
 from __future__ import annotations
 

@@ -16,11 +16,13 @@ from .auth import AgentRegistry
 from .config import Settings
 from .metrics import LoopLagMonitor, Metrics
 from .store import Store
-from .telemetry import TelemetryService
 
 if TYPE_CHECKING:
+    # At run time server.telemetry imports server.http (its schemas), whose openapi module
+    # imports this one: the annotation alone needs the name.
     from .datasets import DatasetService
     from .sandboxes import SandboxService
+    from .telemetry import TelemetryService
     from .training.service import TrainingService
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .base import CgroupError
 
@@ -124,3 +124,69 @@ def child_dirs(path: str) -> list[str]:
             return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return []
+
+
+# What rmdir answers for a cgroup that still has processes or child cgroups.
+BUSY = (errno.EBUSY, errno.ENOTEMPTY)
+
+
+def remove_if_empty(paths: Sequence[str]) -> bool:
+    """Remove each cgroup directory and its child cgroups, without killing anything; False
+    when one is still busy (what was removed before stays removed)."""
+    try:
+        for path in paths:
+            for child in child_dirs(path):
+                rmdir(os.path.join(path, child))
+            rmdir(path)
+    except OSError as e:
+        if e.errno in BUSY:
+            return False
+        raise
+    return True
+
+
+def remove_tree(
+    paths: Sequence[str],
+    *,
+    attempts: int,
+    kill: Callable[[], object],
+    destroy_child: Callable[[str, str], None],
+    pids_of: Callable[[str], list[int]],
+    kill_first: bool = True,
+    children_first: bool = False,
+) -> None:
+    """Remove a sandbox's cgroup directories (one per v1 hierarchy, or its v2 directory),
+    retrying while the kernel answers busy. Each try kills the sandbox first (with kill_first
+    false, the first try does not: a cgroup normally empty by then costs one rmdir), then
+    removes the directories; after a killing try, the child cgroups of those still busy are
+    destroyed (destroy_child(parent, name)) before the next. children_first destroys the
+    children before every rmdir (their processes live in child cgroups). The last refusal,
+    or any other error, is a CgroupError naming what was left."""
+    for attempt in range(attempts):
+        killed = kill_first or attempt > 0
+        if killed:
+            kill()
+        if children_first:
+            for path in paths:
+                for child in child_dirs(path):
+                    destroy_child(path, child)
+        busy = []
+        for path in paths:
+            try:
+                rmdir(path)
+            except OSError as e:
+                if e.errno not in BUSY or attempt == attempts - 1:
+                    raise CgroupError(
+                        f"cannot remove sandbox cgroup {path}: {e.strerror}; expected an empty cgroup "
+                        f"after kill (children: {child_dirs(path)}, pids: {pids_of(path)})"
+                    ) from e
+                busy.append(path)
+        if not busy:
+            return
+        if not killed:
+            continue
+        # Child cgroups made inside the sandbox (executions'), or a process that joined after
+        # the kill looked: remove the children, then kill and retry.
+        for path in busy:
+            for child in child_dirs(path):
+                destroy_child(path, child)

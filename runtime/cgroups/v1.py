@@ -6,7 +6,6 @@ hierarchy. Killing freezes the sandbox first so no process can fork past the SIG
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import threading
@@ -22,7 +21,17 @@ from cgroupspy.nodes import Node
 
 from . import PARENT_PREFIX, V1Hierarchy, check_name, v1_hierarchies
 from .base import CgroupBackend, CgroupError, CgroupLimits, CgroupUsage, SandboxCgroup
-from .files import child_dirs, read_int, read_keyed, read_pids, read_text, rmdir, wait_until, write_value
+from .files import (
+    child_dirs,
+    read_int,
+    read_keyed,
+    read_pids,
+    read_text,
+    remove_if_empty,
+    remove_tree,
+    wait_until,
+    write_value,
+)
 
 CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000  # the kernel's floor for cpu.cfs_quota_us
@@ -221,44 +230,19 @@ class V1SandboxCgroup(SandboxCgroup):
         return wait_until(lambda: not self.pids(), 0.2)
 
     def remove_if_empty(self) -> bool:
-        try:
-            for path in self.paths:
-                for child in child_dirs(path):
-                    rmdir(os.path.join(path, child))
-                rmdir(path)
-        except OSError as e:
-            if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
-                return False
-            raise
-        return True
+        return remove_if_empty(self.paths)
 
     def destroy(self) -> None:
-        attempts = 5
-        for attempt in range(attempts):
-            # First just try: an execution's cgroup is normally empty by now, and a
-            # refused rmdir costs less than listing every hierarchy's members.
-            if attempt > 0:
-                self.kill()
-            busy = []
-            for path in self.paths:
-                try:
-                    rmdir(path)
-                except OSError as e:
-                    if e.errno not in (errno.EBUSY, errno.ENOTEMPTY) or attempt == attempts - 1:
-                        raise CgroupError(
-                            f"cannot remove sandbox cgroup {path}: {e.strerror}; expected an empty cgroup "
-                            f"after kill (children: {child_dirs(path)}, pids: {read_pids(path + '/cgroup.procs')})"
-                        ) from e
-                    busy.append(path)
-            if not busy:
-                return
-            if attempt == 0:
-                continue
-            # Child cgroups (executions'): emptied by the kill above; remove them, then retry.
-            for path in busy:
-                for child in child_dirs(path):
-                    key = ("child",)
-                    V1SandboxCgroup(child, {key: _node_for_dir(os.path.join(path, child))}).destroy()
+        def destroy_child(parent: str, child: str) -> None:
+            key = ("child",)
+            V1SandboxCgroup(child, {key: _node_for_dir(os.path.join(parent, child))}).destroy()
+
+        # The first try kills nothing: an execution's cgroup is normally empty by now, and a
+        # refused rmdir costs less than listing every hierarchy's members.
+        remove_tree(
+            self.paths, attempts=5, kill=self.kill, destroy_child=destroy_child,
+            pids_of=lambda path: read_pids(path + "/cgroup.procs"), kill_first=False,
+        )  # fmt: skip
 
 
 class V1CgroupBackend(CgroupBackend):

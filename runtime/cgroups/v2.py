@@ -20,6 +20,8 @@ from .files import (
     read_pids,
     read_psi,
     read_text,
+    remove_if_empty,
+    remove_tree,
     rmdir,
     wait_until,
     write_value,
@@ -171,37 +173,17 @@ class V2SandboxCgroup(SandboxCgroup):
             )
 
     def remove_if_empty(self) -> bool:
-        try:
-            for child in child_dirs(self.path):
-                rmdir(os.path.join(self.path, child))
-            rmdir(self.path)
-        except OSError as e:
-            if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
-                return False
-            raise
-        return True
+        return remove_if_empty([self.path])
 
     def destroy(self) -> None:
-        attempts = 4
-        for attempt in range(attempts):
-            self.kill()
-            if self.leaves:
-                # The init leaf and executions still listed: empty after kill().
-                for child in child_dirs(self.path):
-                    V2SandboxCgroup(child, os.path.join(self.path, child)).destroy()
-            try:
-                rmdir(self.path)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EBUSY, errno.ENOTEMPTY) or attempt == attempts - 1:
-                    raise CgroupError(
-                        f"cannot remove sandbox cgroup {self.path}: {e.strerror}; expected an empty "
-                        f"cgroup after kill (children: {child_dirs(self.path)}, pids: {self._all_pids()})"
-                    ) from e
-                # Child cgroups made inside the sandbox, or a process that joined
-                # after kill() looked: remove the children, then kill and retry.
-                for child in child_dirs(self.path):
-                    V2SandboxCgroup(child, os.path.join(self.path, child)).destroy()
+        def destroy_child(parent: str, child: str) -> None:
+            V2SandboxCgroup(child, os.path.join(parent, child)).destroy()
+
+        # With leaves, the init leaf and the executions still listed are empty after kill().
+        remove_tree(
+            [self.path], attempts=4, kill=self.kill, destroy_child=destroy_child,
+            pids_of=lambda _path: self._all_pids(), children_first=self.leaves,
+        )  # fmt: skip
 
 
 class V2CgroupBackend(CgroupBackend):

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..auth import agent_filter
 from ..errors import BadRequest
-from ..telemetry import TelemetryEvent, TelemetryFilter
+from ..telemetry_events import TelemetryEvent, TelemetryFilter
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import AGENT_ID, LIMIT, MAX_SEQ, SEQ, TIMESTAMP_MS, ref
 
