@@ -53,7 +53,8 @@ from .context import Ctl, seconds_option
 @click.option(
     "--state-dir",
     envvar="WONDERCRAFT_STATE_DIR",
-    type=click.Path(path_type=Path),
+    # Not checked with access(2), which ignores capabilities: reading it says what is wrong.
+    type=click.Path(path_type=Path, readable=False),
     help="A local service's state dir, for its admin.token (env WONDERCRAFT_STATE_DIR; default ./var, "
     f"else the unit's {SERVICE_STATE_DIR} when only it has a token).",
 )

@@ -34,6 +34,13 @@ def wait_until(predicate, timeout: float = 60.0, what: str | None = None):
     return value
 
 
+# Runs a command as uid 65534, not root, yet able to read this checkout wherever it lies
+# (`mktemp -d` makes a 0700 parent): CAP_DAC_READ_SEARCH kept as an ambient capability.
+AS_NOBODY = (
+    "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+    "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+)  # fmt: skip
+
 CYCLE_ENDS = ("completed", "failed", "aggregated")
 
 

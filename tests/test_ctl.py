@@ -17,7 +17,7 @@ import pytest
 
 from runtime.hostaudit import instance_of
 from runtime.sandbox import instance_name
-from tests.helpers import ADMIN_TOKEN, api_server, clean_env, free_port, http, register_agent
+from tests.helpers import ADMIN_TOKEN, api_server, clean_env, free_port, http, register_agent, wait_until
 
 CTL = str(Path(sys.executable).parent / "wondercraft-ctl")
 JOB = {
@@ -298,12 +298,15 @@ def test_telemetry_tail_and_follow(server, trained):
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)  # oldest first
 
     environment = clean_env(WONDERCRAFT_URL=server.url, WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN)
+    streams_before = _open_streams(server)
     follower = subprocess.Popen(
         [CTL, "telemetry", "tail", "-f", "-n", "0", "--agent", "follow-me", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
     )  # fmt: skip
     try:
-        time.sleep(0.8)  # connected and subscribed
+        # Events posted before the follower subscribed would not reach it (-n 0): wait for the
+        # service to count one more open stream than before.
+        wait_until(lambda: _open_streams(server) > streams_before, 60, "the follower's subscription")
         batch = {
             "events": [
                 {"event": "training_cycle_failed", "agentId": "follow-me", "error": f"e{i}"} for i in range(2)
@@ -314,8 +317,17 @@ def test_telemetry_tail_and_follow(server, trained):
         assert [json.loads(line)["error"] for line in lines] == ["e0", "e1"]
     finally:
         follower.send_signal(signal.SIGINT)
-        _, stderr = follower.communicate(timeout=10)
+        _, stderr = follower.communicate(timeout=60)
     assert follower.returncode == 130 and "Traceback" not in stderr
+
+
+def _open_streams(server) -> int:
+    status, text, _ = http("GET", f"{server.url}/metrics", token=ADMIN_TOKEN)
+    assert status == 200, text
+    line = next(
+        line for line in text.splitlines() if line.startswith("wondercraft_telemetry_stream_subscribers ")
+    )
+    return int(float(line.split()[1]))
 
 
 def test_consensus_history_and_audit_verify(server, trained):

@@ -14,7 +14,7 @@ import pytest
 
 from server import preflight
 from server.config import ResourceLimits, Settings
-from tests.helpers import clean_env
+from tests.helpers import AS_NOBODY, clean_env
 
 CTL = str(Path(sys.executable).parent / "wondercraft-ctl")
 CHECKS = [
@@ -75,7 +75,7 @@ def test_preflight_without_root_fails_and_exits_one(tmp_path):
         "--state-dir",
         str(state),
         "preflight",
-        prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+        prefix=AS_NOBODY,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import WONDERCRAFT, ServerProcess, clean_env, free_port, http, run_serve
+from tests.helpers import AS_NOBODY, WONDERCRAFT, ServerProcess, clean_env, free_port, http, run_serve
 
 REFUSAL_PREFIX = "wondercraft: cannot start: "
 
@@ -66,7 +66,7 @@ def test_logs_are_json_lines_on_stderr(tmp_path):
 
 def test_refuses_without_root(tmp_path):
     state = tmp_path / "state"
-    result = run_serve(state, prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    result = run_serve(state, prefix=AS_NOBODY)
     assert result.returncode != 0
     assert _one_line(result.stderr).startswith(REFUSAL_PREFIX + "must run as root")
 
