@@ -40,13 +40,16 @@ def status_items(s: dict, url: str) -> list[tuple[str, str]]:
 
 
 def admission_line(admission: dict) -> str:
-    """What running work has committed against the host's budget, per resource:
-    "cpuCores 1.5 of 4, memoryMB 512 of 8192"; a resource only one side names shows "-"."""
-    budget = admission.get("budget") or {}
-    committed = admission.get("committed") or {}
-    names = sorted(set(budget) | set(committed))
+    """What live sandboxes have committed against the host's budget, per resource, as the
+    service reports it (`{"memoryMB": {"committed": 512, "budget": 8192}, ...}`):
+    "cpuCores 1.5 of 4, memoryMB 512 of 8192"; a side the service leaves out shows "-"."""
+    totals = {name: value for name, value in admission.items() if isinstance(value, dict) and (
+        "committed" in value or "budget" in value)}  # fmt: skip
     return (
-        ", ".join(f"{name} {_amount(committed.get(name))} of {_amount(budget.get(name))}" for name in names)
+        ", ".join(
+            f"{name} {_amount(totals[name].get('committed'))} of {_amount(totals[name].get('budget'))}"
+            for name in sorted(totals)
+        )
         or "-"
     )
 
@@ -54,5 +57,5 @@ def admission_line(admission: dict) -> str:
 def _amount(value: object) -> str:
     # Numbers as the other counts are shown; anything else a newer service sends, as it is.
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return number(value)
+        return str(int(value)) if float(value).is_integer() else number(value)
     return "-" if value is None else json.dumps(value, sort_keys=True)

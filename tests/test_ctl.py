@@ -110,6 +110,10 @@ def test_status_shows_health_mode_counts_and_queue_depth(server):
     assert data["instance"] == instance_name(server.state_dir) == instance_of(server.state_dir)
     assert data["cycles"]["maxConcurrent"] == 10 and data["agents"]["active"] >= 1
     assert as_json(ctl(server, "--json", "status"))["instance"] == data["instance"]  # before or after
+    # Committed against the host's admission budget, as the service counts it.
+    admission = next(line for line in table.splitlines() if line.startswith("admission"))
+    memory = data["admission"]["memoryMB"]
+    assert f"memoryMB {memory['committed']} of {memory['budget']}" in admission, admission
 
 
 def test_token_comes_from_the_flag_the_environment_or_the_state_dirs_file(server, tmp_path):

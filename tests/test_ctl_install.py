@@ -130,11 +130,11 @@ def test_status_prints_admission_totals_when_the_service_reports_them(bare_env, 
     assert "\ninstance     0123abcd" in plain.stdout and "admission" not in plain.stdout
     _FakeService.status = {
         **STATUS,
-        "admission": {"budget": {"cpuCores": 4, "memoryMB": 8192, "gpus": 1},
-                      "committed": {"cpuCores": 1.5, "memoryMB": 512}},
+        "admission": {"cpuCores": {"committed": 1.5, "budget": 4}, "memoryMB": {"committed": 512, "budget": 8192},
+                      "gpus": {"budget": 1}, "sandboxes": 2, "agentQuota": {"sandboxes": 64}},
     }  # fmt: skip
     shown = run([CTL, "status"], env)
     assert shown.returncode == 0, shown.stderr
     line = next(line for line in shown.stdout.splitlines() if line.startswith("admission"))
     assert line.split(None, 1)[1] == "cpuCores 1.5 of 4, gpus - of 1, memoryMB 512 of 8192"
-    assert json.loads(run([CTL, "status", "--json"], env).stdout)["admission"]["committed"]["memoryMB"] == 512
+    assert json.loads(run([CTL, "status", "--json"], env).stdout)["admission"]["memoryMB"]["committed"] == 512
