@@ -306,6 +306,9 @@ def test_telemetry_tail_and_follow(server, trained):
     follower = subprocess.Popen(
         [CTL, "telemetry", "tail", "-f", "-n", "0", "--agent", "follow-me", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        # Ctrl-C as a terminal gives it, even where this run was started in the background
+        # (a non-interactive shell starts background jobs with SIGINT ignored, and exec keeps that).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         # Events posted before the follower subscribed would not reach it (-n 0): wait for the
