@@ -190,9 +190,12 @@ class WarmPool:
         *,
         metrics=None,
         lifetime_s: float = 7200.0,
+        output_limit_bytes: int | None = None,
     ) -> None:
         """metrics: the service's Metrics (warm_pool_* entries) or None; lifetime_s: the
-        longest a warm sandbox lives, idle and cycle together (its sandbox lifetime)."""
+        longest a warm sandbox lives, idle and cycle together (its sandbox lifetime);
+        output_limit_bytes: the stdout/stderr cap of its cycles (the manager's default)."""
+        self.output_limit_bytes = output_limit_bytes or manager.output_limit_bytes
         self.manager = manager
         self.profiles = {p.name: p for p in profiles if p.size > 0}
         self.metrics = metrics
@@ -201,6 +204,7 @@ class WarmPool:
         self._warming: dict[str, int] = dict.fromkeys(self.profiles, 0)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()  # warm-ups and expiries under way
         self._closing = False
         self.stats = {name: {"hits": 0, "misses": 0, "warmups": 0, "warmupMs": []} for name in self.profiles}
 
@@ -221,6 +225,9 @@ class WarmPool:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for name in self.profiles:
             while self._idle[name]:
                 await self._discard(self._idle[name].pop(), "killed")
@@ -328,7 +335,9 @@ class WarmPool:
             for name, profile in self.profiles.items():
                 while len(self._idle[name]) + self._warming[name] < profile.size:
                     self._warming[name] += 1
-                    asyncio.get_running_loop().create_task(self._warm_one(profile))
+                    task = asyncio.get_running_loop().create_task(self._warm_one(profile))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             next_expiry = min(
                 (
                     w.idle_since + w.profile.idle_s - time.monotonic()
@@ -345,7 +354,9 @@ class WarmPool:
         for idle in self._idle.values():
             for warm in [w for w in idle if now - w.idle_since >= w.profile.idle_s or not w.alive]:
                 idle.remove(warm)
-                asyncio.get_running_loop().create_task(self._discard(warm, "lifetime"))
+                task = asyncio.get_running_loop().create_task(self._discard(warm, "lifetime"))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _warm_one(self, profile: WarmProfile) -> None:
         """Create one warm sandbox and wait for its zygote; on a full budget, back off."""
@@ -359,6 +370,7 @@ class WarmPool:
             warm.execution = await self.manager.start_background(
                 sandbox.id, ["python", ZYGOTE, ",".join(profile.imports)], env=env,
                 stdin_source=warm._feed, on_stderr_line=warm._on_stderr,
+                output_limit_bytes=self.output_limit_bytes,
             )  # fmt: skip
             done, _ = await asyncio.wait(
                 (warm.ready, warm.execution.task),
@@ -390,3 +402,46 @@ class WarmPool:
             if warm is not None:
                 await self._discard(warm, "killed")
             self._wake.set()
+
+
+async def run_cycle(
+    manager: SandboxManager,
+    pool: WarmPool | None,
+    profile: str,
+    spec: SandboxSpec,
+    argv: Sequence[str],
+    *,
+    timeout_s: float | None = None,
+    env: Mapping[str, str] | None = None,
+    on_stderr_line: Callable[[str], None] | None = None,
+    output_limit_bytes: int | None = None,
+) -> tuple[ExecResult, bool]:
+    """One learn cycle's sandbox, warm when the pool has one of `profile` with spec's caps
+    (spec.binds attached read-only, spec.env applied), cold otherwise: (result, warm).
+    Either way the sandbox is destroyed and forgotten before this returns and
+    result.usage["sandbox_record"] is its final record."""
+    warm = None
+    if pool is not None and getattr(pool.profiles.get(profile), "caps", None) == spec.caps:
+        limit = output_limit_bytes or manager.output_limit_bytes
+        if spec.network == "isolated" and limit == pool.output_limit_bytes:
+            warm = await pool.acquire(profile, spec.agent_id)
+    if warm is not None:
+        try:
+            result = await warm.run(
+                spec.binds, argv, env={**spec.env, **(env or {})}, timeout_s=timeout_s,
+                on_stderr_line=on_stderr_line,
+            )  # fmt: skip
+            return result, True
+        except SandboxError as exc:  # it died idle, or an input could not be attached
+            log.warning("warm sandbox failed, going cold", extra={"sandbox_id": warm.id, "error": str(exc)})
+    sandbox = await manager.create(spec)
+    try:
+        result = await manager.execute(
+            sandbox.id, argv, timeout_s=timeout_s, env=env, on_stderr_line=on_stderr_line,
+            output_limit_bytes=output_limit_bytes,
+        )  # fmt: skip
+    finally:
+        record = await manager.destroy(sandbox.id, reason="destroyed")
+        manager.forget(sandbox.id)
+    result.usage["sandbox_record"] = record
+    return result, False
