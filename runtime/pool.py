@@ -98,6 +98,7 @@ class WarmSandbox:
         self.warmup_ms: float | None = None
         self.idle_since = time.monotonic()
         self.taken = False
+        self.timings_ms: dict[str, float] = {}  # where run() spent its time before the job went
         self._on_cycle_stderr: Callable[[str], None] | None = None
 
     @property
@@ -138,11 +139,13 @@ class WarmSandbox:
         gone then too) when the sandbox died while idle or an input cannot be attached."""
         manager = self.pool.manager
         result = None
+        mark = time.perf_counter()
         try:
             if not self.alive or self._job.done():
                 raise SandboxNotRunning(f"warm sandbox {self.id} is no longer waiting for a job")
             if binds:
                 await asyncio.to_thread(attach.attach_read_only, self.sandbox.init_pid, list(binds))
+            mark = self._lap("warm_attach", mark)
             environment = manager._environment(self.sandbox, {**self.profile.env, **(env or {})})
             job = json.dumps({"argv": list(argv), "env": environment, "cwd": workdir}).encode() + b"\n"
             execution = self.execution
@@ -150,6 +153,7 @@ class WarmSandbox:
             began = time.monotonic()
             self._on_cycle_stderr = on_stderr_line or (lambda line: None)
             self._job.set_result(job)
+            self._lap("warm_job_sent", mark)
             try:
                 await asyncio.wait_for(asyncio.shield(execution.task), timeout_s)
             except TimeoutError:
@@ -160,6 +164,11 @@ class WarmSandbox:
             record = await self.pool._discard(self, destroy_reason)
         result.usage["sandbox_record"] = record
         return result
+
+    def _lap(self, step: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings_ms[step] = round((now - since) * 1000, 3)
+        return now
 
     def _cycle_result(self, result: ExecResult, before: dict, began: float) -> ExecResult:
         usage = dict(result.usage)
