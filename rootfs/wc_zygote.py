@@ -11,6 +11,7 @@ destroyed after this one job, so nothing of it outlives the cycle.
 Variables read only at interpreter start (PYTHONHASHSEED, PYTHONOPTIMIZE...) keep the
 zygote's values; PYTHONPATH is applied to sys.path."""
 
+import gc
 import importlib
 import json
 import os
@@ -50,6 +51,9 @@ def python_command(argv: list) -> list | None:
 def main() -> None:
     for name in filter(None, (sys.argv[1] if len(sys.argv) > 1 else "").split(",")):
         importlib.import_module(name)
+    # What start-up made is never scanned by the program's garbage collections.
+    gc.collect()
+    gc.freeze()
     os.write(2, READY)
     job = read_job()
     if job is None:

@@ -144,7 +144,7 @@ class WarmSandbox:
             if not self.alive or self._job.done():
                 raise SandboxNotRunning(f"warm sandbox {self.id} is no longer waiting for a job")
             if binds:
-                await asyncio.to_thread(attach.attach_read_only, self.sandbox.init_pid, list(binds))
+                await attach.attach_read_only_async(self.sandbox.init_pid, list(binds))
             mark = self._lap("warm_attach", mark)
             environment = manager._environment(self.sandbox, {**self.profile.env, **(env or {})})
             job = json.dumps({"argv": list(argv), "env": environment, "cwd": workdir}).encode() + b"\n"
@@ -291,6 +291,12 @@ class WarmPool:
             self.stats[profile][what] += 1
         if self.metrics is not None:
             getattr(self.metrics, f"warm_pool_{what}").labels(profile).inc()
+        self._gauge()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            for name, idle in self._idle.items():
+                self.metrics.warm_pool_idle.labels(name).set(len(idle))
 
     def idle_count(self, profile: str) -> int:
         return len(self._idle.get(profile, ()))
@@ -399,6 +405,7 @@ class WarmPool:
                 raise asyncio.CancelledError
             self._idle[profile.name].append(warm)
             warm = None
+            self._gauge()
         except AdmissionRefused:
             await asyncio.sleep(REFILL_BACKOFF_S)
         except asyncio.CancelledError:

@@ -172,6 +172,15 @@ def test_inputs_are_attached_read_only_and_out_is_writable(pooled, tmp_path):
     assert json.loads(written) == {"job": {"epochs": 3}, "argv": ["--x"]}
     assert sorted(os.listdir(program)) == ["main.py"]  # nothing written through to the host
     assert not os.path.exists("/program") and not os.path.exists("/job.json")  # not mounted on the host
+    # The thread that made the moves is back in the service's own mount namespace.
+    attachers = [
+        t
+        for t in os.listdir("/proc/self/task")
+        if open(f"/proc/self/task/{t}/comm").read().strip() == "wc-attach"
+    ]
+    assert attachers and all(
+        os.readlink(f"/proc/self/task/{t}/ns/mnt") == os.readlink("/proc/self/ns/mnt") for t in attachers
+    )
 
 
 def test_the_record_covers_the_cycle_and_the_audit_names_the_cycles_agent(pooled):
