@@ -10,9 +10,9 @@
 
     python -m bench.gpu_check --url http://127.0.0.1:3000 --admin-token "$(cat var/admin.token)"
 
-The service must offer GPUs (resourceLimits.gpu of 1 or more). It needs torch where it runs (to
-export the model) and prints one line per check; the exit
-status is 0 only when every check passed. Everything it creates is removed at the end."""
+The service must offer GPUs (resourceLimits.gpu of 1 or more). It needs torch where it runs
+(to export the model) and prints one line per check; the exit status is 0 only when every
+check passed. Everything it creates is removed at the end."""
 
 from __future__ import annotations
 

@@ -93,3 +93,9 @@ def test_the_cnn_trains_and_onnx_with_its_trained_weights_equals_torch(learn_roo
     assert (from_onnx.argmax(1) == y_hold).mean() > 0.85
     # The untrained graph computes something else: the substitution is what changed it.
     assert not np.allclose(onnx_check.onnx_logits(graph, base, x_hold), from_onnx, atol=1e-2)
+
+
+def test_the_readme_carries_the_program_verbatim():
+    """The README's PyTorch example is this program, so a copy of it is the tested one."""
+    readme = (REPO / "README.md").read_text()
+    assert onnx_check.PROGRAM.read_text() in readme
