@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -282,7 +283,7 @@ class SandboxManager:
         self.state_dir = Path(state_dir).resolve()
         self.instance = instance or instance_name(self.state_dir)
         self._cgroups = cgroups
-        self.gpus = gpu_allocator or gpus.GpuAllocator(gpus.discover())
+        self.gpus = gpu_allocator or gpus.GpuAllocator.from_host()
         self.output_limit_bytes = output_limit_bytes
         self._rootfs = self.state_dir / "rootfs"
         self._lower = self._rootfs / "lower"
@@ -468,7 +469,7 @@ class SandboxManager:
             args.append("--isolate-net")
         for bind in [*self._system_binds, *spec.binds]:
             args += ["--bind", bind.arg()]
-        for node in [*mounts.DEFAULT_DEVICES, *gpus.device_nodes(sandbox.gpus)]:
+        for node in [*mounts.DEFAULT_DEVICES, *self.gpus.device_binds(sandbox.gpus)]:
             args += ["--dev", node]
         return args + self._cgroup_args(sandbox._cgroup.init_procs_files)
 
@@ -870,6 +871,9 @@ class SandboxManager:
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
             "WONDERCRAFT_SANDBOX_ID": sandbox.id,
+            # Thread pools (OpenMP, BLAS, torch's intra-op) size themselves to the host's cores,
+            # not the cap: a 1-core sandbox on a 64-core host would run 64 throttled threads.
+            "OMP_NUM_THREADS": str(max(1, math.ceil(sandbox.spec.caps.cpu_cores))),
         }
         environment.update(gpus.visible_devices_env(sandbox.gpus))
         for source in (sandbox.spec.env, extra):
