@@ -11,12 +11,15 @@ destroyed after this one job, so nothing of it outlives the cycle.
 Variables read only at interpreter start (PYTHONHASHSEED, PYTHONOPTIMIZE...) keep the
 zygote's values; PYTHONPATH is applied to sys.path."""
 
+import atexit
 import gc
 import importlib
 import json
 import os
 import runpy
 import sys
+import threading
+import traceback
 
 READY = b"wondercraft-zygote: ready\n"
 MAX_JOB_BYTES = 1 << 20
@@ -68,6 +71,44 @@ def main() -> None:
     rest = python_command(argv)
     if rest is None:
         os.execvpe(argv[0], argv, env)
+    os._exit(finish(run, rest, env))
+
+
+def finish(runner, rest: list, env: dict) -> int:
+    """Run the program and end as the interpreter would (exit status, traceback, atexit
+    handlers, non-daemon threads joined, output flushed), without tearing down every
+    module: the process ends right after, with the sandbox."""
+    try:
+        runner(rest, env)
+        code = 0
+    except SystemExit as exc:
+        code = exit_code(exc.code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    except SystemExit as exc:
+        code = exit_code(exc.code)
+    except BaseException:
+        traceback.print_exc()
+        code = code or 1
+    return code
+
+
+def exit_code(value) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    print(value, file=sys.stderr)
+    return 1
+
+
+def run(rest: list, env: dict) -> None:
     paths = [p for p in env.get("PYTHONPATH", "").split(":") if p]
     sys.path[:] = [*paths, *(p for p in sys.path if p not in paths)]
     if rest[0] == "-c":

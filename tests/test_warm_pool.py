@@ -279,3 +279,15 @@ def test_profiles_parse_and_size_zero_is_off(pooled):
             parse_profiles(bad, CAPS)
     off = WarmPool(pooled.manager, [WarmProfile("numpy", CAPS, size=0)])
     assert not off.enabled and pooled.call(off.acquire("numpy", "a")) is None
+
+
+def test_a_program_ends_in_the_zygote_as_in_a_fresh_interpreter(pooled):
+    box = pooled.create()
+    ending = "import atexit, threading, time; atexit.register(lambda: print('atexit ran'))\n"
+    ending += "threading.Thread(target=lambda: (time.sleep(0.2), print('thread joined'))).start()\n"
+    result = pooled.execute(box, python(ending + "raise SystemExit(3)"))
+    assert (result.exit_code, result.stdout) == (3, b"thread joined\natexit ran\n")
+    result = pooled.execute(box, python("raise ValueError('boom')"))
+    assert result.exit_code == 1 and result.stderr.endswith(b"ValueError: boom\n")
+    result = pooled.execute(box, python("import sys; sys.exit('a message')"))
+    assert result.exit_code == 1 and result.stderr == b"a message\n"
