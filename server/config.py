@@ -105,6 +105,16 @@ def _token(raw: Any) -> str:
     return raw
 
 
+def _ray_address(raw: Any) -> str:
+    expected = "a Ray cluster address, HOST:PORT (the head's GCS port)"
+    if not isinstance(raw, str) or not raw or len(raw) > 300 or any(c.isspace() for c in raw):
+        raise ValueError(expected)
+    host, sep, port = raw.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(expected)
+    return raw
+
+
 def _uid_range(raw: Any) -> str:
     return str(UidRange.parse(raw))
 
@@ -234,6 +244,10 @@ class Settings:
     sandbox_agent_max_memory_mb: int = setting(0, _int_between(0, 1 << 30), env="SANDBOX_AGENT_MAX_MEMORY")
     sandbox_agent_max_gpus: int = setting(0, _int_between(0, 64), env="SANDBOX_AGENT_MAX_GPUS")
     sandbox_uid_range: str = setting("600000-659999", _uid_range, env="SANDBOX_UID_RANGE")
+    # Where learn cycles run (server/training/executors.py): here, or as Ray tasks on the nodes of
+    # the cluster at RAY_ADDRESS (README "Across hosts").
+    executor: str = setting("local", _one_of("local", "ray"), env="WONDERCRAFT_EXECUTOR")
+    ray_address: str | None = setting(None, _ray_address, env="RAY_ADDRESS")
 
 
 # Environment variable -> its Settings field, read from the declarations above.
@@ -320,6 +334,11 @@ def _check_rounds(settings: Settings) -> None:
         )
 
 
+def _check_executor(settings: Settings) -> None:
+    if settings.executor == "ray" and not settings.ray_address:
+        raise ConfigError("WONDERCRAFT_EXECUTOR=ray needs RAY_ADDRESS (the head's HOST:PORT)")
+
+
 def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, overridden by the --config file, overridden by the environment."""
     settings = Settings()
@@ -328,4 +347,5 @@ def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | 
     settings = _apply_environment(settings, os.environ if environ is None else environ)
     _check_consistency(settings)
     _check_rounds(settings)
+    _check_executor(settings)
     return settings
