@@ -56,6 +56,14 @@ def sweep(state_dir: Path) -> dict:
     return asyncio.run(go())
 
 
+def _connect(args: argparse.Namespace) -> None:
+    """A driver on this host's node (found by its address: the one this node advertises)."""
+    import ray
+
+    extra = {"_node_ip_address": args.node_ip_address} if args.node_ip_address else {}
+    ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING", **extra)
+
+
 def start(args: argparse.Namespace) -> int:
     _require_token()
     state_dir = Path(args.state_dir).resolve()
@@ -70,13 +78,14 @@ def start(args: argparse.Namespace) -> int:
         _ray_cli(), "start", "--address", args.address, "--node-name", name,
         "--resources", json.dumps({SLOT: slots}), "--num-gpus", str(gpus),
         "--labels", json.dumps({"wondercraft-preflight": "pass" if ok else "fail"}),
-        "--disable-usage-stats", *args.ray_args,
+        "--disable-usage-stats", *(["--node-ip-address", args.node_ip_address] if args.node_ip_address else []),
+        *args.ray_args,
     ]  # fmt: skip
     subprocess.run(command, check=True, stdout=sys.stderr if args.quiet else None)
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
+    _connect(args)
     try:
         node_id = ray.get_runtime_context().get_node_id()
         agent = (
@@ -104,7 +113,7 @@ def stop(args: argparse.Namespace) -> int:
     A cycle still running at the timeout dies with the node and is retried on another."""
     import ray
 
-    ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
+    _connect(args)
     try:
         node_id = ray.get_runtime_context().get_node_id()
         subprocess.run([_ray_cli(), "drain-node", "--address", args.address, "--node-id", node_id,
@@ -134,11 +143,13 @@ def add_parser(commands) -> None:
     run.add_argument(
         "--slots", type=int, help="learn cycles at once (default: CPU count; 0 if preflight fails)"
     )
+    run.add_argument("--node-ip-address", help="the address this node advertises (default: Ray's guess)")
     run.add_argument("--quiet", action="store_true", help="ray start's output to stderr")
     run.add_argument("ray_args", nargs=argparse.REMAINDER, help="after --: passed to `ray start`")
     run.set_defaults(func=lambda a: start(_strip(a)))
     halt = actions.add_parser("stop", help="drain, wait for running cycles, `ray stop`")
     halt.add_argument("--address", required=True, help="the head's HOST:PORT")
+    halt.add_argument("--node-ip-address", help="this node's address, as given to node start")
     halt.add_argument("--timeout", type=float, default=600.0, help="seconds running cycles get to end")
     halt.set_defaults(func=stop)
 
