@@ -157,7 +157,7 @@ class Cluster:
         for name in self.names:
             wait_until(lambda n=name: not netns_pids(self.ns[n]), 20)
         # The nodes' sandboxes outlive their agents: sweep each node's instance.
-        for name, state in self.state.items():
+        for state in self.state.values():
             if state.exists():
                 subprocess.run([sys.executable, "-c", SWEEP, str(state)], env=clean_env(), timeout=120,
                                capture_output=True)  # fmt: skip

@@ -292,7 +292,10 @@ class TrainingService:
                 if cycle is not None:
                     await self._fail(cycle, decision.reason, decision.message)
         else:
-            members = [self._cycles[c] for c in decision.members]
+            # In agent order, not finishing order: the same round gives the same model bit for bit.
+            members = sorted(
+                (self._cycles[c] for c in decision.members), key=lambda c: (c.agent_id, c.cycle_id)
+            )
             task = asyncio.get_running_loop().create_task(self._aggregate(decision, members))
             self._aggregations.add(task)
             task.add_done_callback(self._aggregations.discard)
