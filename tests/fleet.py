@@ -80,7 +80,8 @@ class Cluster:
 
     # ---- the nodes ----
 
-    def start(self) -> Cluster:
+    def start(self, nodes: tuple[str, ...] | None = None) -> Cluster:
+        """The head, then the worker `nodes` (default: all)."""
         self.root.mkdir(parents=True, exist_ok=True)
         from ray._private.authentication.authentication_token_generator import (
             generate_new_authentication_token,
@@ -99,7 +100,7 @@ class Cluster:
                                   "--include-dashboard", "false", "--temp-dir", str(self.root / "ray-h"),
                                   "--object-store-memory", str(200 << 20), "--disable-usage-stats"], **health)  # fmt: skip
         assert head.returncode == 0, head.stdout + head.stderr
-        for name in self.state:
+        for name in self.state if nodes is None else nodes:
             self.start_node(name)
         return self
 

@@ -107,6 +107,7 @@ class NodeAgent:
         def on_progress(progress: Progress) -> None:
             entry["progress"] = progress.as_json()
 
+        started = time.perf_counter()
         try:
             outcome = await run_attempt(
                 settings, RemappedSandboxes(self.manager, where), spec,
@@ -115,7 +116,8 @@ class NodeAgent:
         finally:
             self.running.pop(spec.cycle_id, None)
         self.completed += 1
-        outcome.result = {**outcome.result, "node": self.node_name}
+        outcome.result = {**outcome.result, "node": self.node_name,
+                          "attemptSeconds": time.perf_counter() - started}  # fmt: skip
         return outcome
 
     def status(self) -> dict:

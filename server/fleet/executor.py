@@ -65,6 +65,8 @@ class RayExecutor:
         self._ray = None
 
     async def start(self) -> None:
+        if self._ray is not None:
+            return
         address = self.settings.ray_address
         if os.environ.get("RAY_AUTH_MODE") != "token":
             raise StartupRefused("WONDERCRAFT_EXECUTOR=ray needs RAY_AUTH_MODE=token and the cluster's token")
@@ -114,6 +116,7 @@ class RayExecutor:
         from .task import learn_cycle, options_for
 
         ray = self._ray
+        started = time.perf_counter()
         shipped = [(content, [ref]) for content, ref in
                    [await asyncio.to_thread(self._ship, path) for path in bind_sources(spec)]]  # fmt: skip
         self._running[spec.cycle_id] = {"attempt": spec.attempt, "on_sandbox": on_sandbox,
@@ -129,6 +132,13 @@ class RayExecutor:
                                 result={"node": node} if node else {})  # fmt: skip
         finally:
             self._running.pop(spec.cycle_id, None)
+        # What Ray adds to the attempt: hashing and shipping its inputs, the task, the hop to the
+        # node's agent, the outcome's way back (the node's own time in run_attempt left out).
+        attempt_s = outcome.result.pop("attemptSeconds", None)
+        if attempt_s is not None:
+            outcome.result["dispatchOverheadSeconds"] = round(
+                max(0.0, time.perf_counter() - started - attempt_s), 6
+            )
         if outcome.result.get("node"):
             on_node(outcome.result["node"])
         return outcome

@@ -72,7 +72,7 @@ class TrainingService:
 
     async def start(self) -> None:
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        await self.executor.start()  # a ray executor refuses a cluster without token auth here
+        await self.executor.start()  # (once) a ray executor refuses a cluster without token auth
         recovered = await asyncio.to_thread(self._load)
         self._consumer = asyncio.get_running_loop().create_task(self._consume())
         for cycle in recovered:
