@@ -117,7 +117,7 @@ async def error_middleware(request: web.Request, handler):
 
 async def _start_services(app: web.Application) -> None:
     services = app[SERVICES]
-    # First: a cluster the service must refuse (executor ray) is refused before anything is made.
+    # First, before anything is made: the executor (ray: refuses a cluster without token auth).
     await services.petals.executor.start()
     services.loop_lag.start()
     await services.telemetry.start()

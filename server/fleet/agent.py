@@ -17,13 +17,7 @@ from ..app import admission_from
 from ..config import Settings, load_settings
 from ..training.runner import AttemptSpec, CycleOutcome, Progress, run_attempt
 from .cas import Content, NodeCache
-
-NAMESPACE = "wondercraft"
-SLOT = "wondercraft_slot"  # the custom resource: one per learn cycle a node may run at once
-
-
-def agent_name(node_id: str) -> str:
-    return f"wondercraft-node-{node_id}"
+from .names import NAMESPACE, SLOT, agent_name  # noqa: F401 - re-exported for the node side
 
 
 class RemappedSandboxes:

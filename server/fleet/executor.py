@@ -17,8 +17,8 @@ from ..config import Settings
 from ..errors import StartupRefused
 from ..training.runner import AttemptSpec, CycleOutcome, Progress, Verdict
 from ..vocabulary import FailureReason
-from .agent import NAMESPACE, SLOT
 from .cas import Content, digest, pack
+from .names import NAMESPACE, SLOT, agent_name
 
 log = logging.getLogger("wondercraft.fleet")
 
@@ -160,7 +160,6 @@ class RayExecutor:
         for node_id in list(self._nodes):
             if node_id not in alive:
                 self._nodes[node_id]["alive"] = False
-        from .agent import agent_name
 
         async def ask(node_id: str, info: dict) -> None:
             try:

@@ -20,7 +20,8 @@ from pathlib import Path
 from runtime.gpu import discover as discover_gpus
 
 from ..errors import StartupRefused
-from .agent import NAMESPACE, SLOT, NodeAgent, agent_name
+from .agent import NodeAgent
+from .names import NAMESPACE, SLOT, agent_name
 
 
 def _ray_cli() -> str:

@@ -9,7 +9,7 @@ import time
 
 import ray
 
-from .agent import NAMESPACE, SLOT, agent_name
+from .names import NAMESPACE, SLOT, agent_name
 
 AGENT_WAIT_S = 60.0  # a node that just joined may still be creating its agent
 

@@ -72,7 +72,6 @@ class TrainingService:
 
     async def start(self) -> None:
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        await self.executor.start()  # (once) a ray executor refuses a cluster without token auth
         recovered = await asyncio.to_thread(self._load)
         self._consumer = asyncio.get_running_loop().create_task(self._consume())
         for cycle in recovered:
@@ -293,9 +292,7 @@ class TrainingService:
                     await self._fail(cycle, decision.reason, decision.message)
         else:
             # In agent order, not finishing order: the same round gives the same model bit for bit.
-            members = sorted(
-                (self._cycles[c] for c in decision.members), key=lambda c: (c.agent_id, c.cycle_id)
-            )
+            members = sorted((self._cycles[c] for c in decision.members), key=lambda c: (c.agent_id, c.cycle_id))  # fmt: skip
             task = asyncio.get_running_loop().create_task(self._aggregate(decision, members))
             self._aggregations.add(task)
             task.add_done_callback(self._aggregations.discard)
