@@ -73,6 +73,16 @@ class Cluster:
     def prefix(self, name: str) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.ns[name]}", "--"]
 
+    def exec_retried(self, name: str, argv: list[str], **env: str) -> subprocess.CompletedProcess:
+        """A node's start, tried again once from scratch: on a loaded 2-core machine a raylet
+        sometimes misses Ray's fixed 30 s registration window."""
+        done = self.exec_in(name, argv, **env)
+        if done.returncode != 0 and "timed out during startup" in done.stdout + done.stderr:
+            self.kill(name)
+            wait_until(lambda: not netns_pids(self.ns[name]), 20)
+            done = self.exec_in(name, argv, **env)
+        return done
+
     def exec_in(self, name: str, argv: list[str], **env: str) -> subprocess.CompletedProcess:
         # nsenter, not `ip netns exec`: that one remounts /sys, and cgroupfs with it.
         return subprocess.run(self.prefix(name) + argv, env=self.env(**env),
@@ -94,7 +104,7 @@ class Cluster:
         # A node lost is noticed in seconds, not the default half minute.
         health = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                   "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "1000"}  # fmt: skip
-        head = self.exec_in("h", [str(BIN / "ray"), "start", "--head", "--port", str(GCS_PORT),
+        head = self.exec_retried("h", [str(BIN / "ray"), "start", "--head", "--port", str(GCS_PORT),
                                   "--node-ip-address", self.addr["h"], "--num-cpus", "1",
                                   "--resources", json.dumps({"wondercraft_slot": 0}),
                                   "--include-dashboard", "false", "--temp-dir", str(self.root / "ray-h"),
@@ -106,7 +116,7 @@ class Cluster:
 
     def start_node(self, name: str) -> dict:
         RUN.register_state_dir(self.state[name])
-        done = self.exec_in(name, [str(BIN / "wondercraft"), "node", "start", "--address", self.address,
+        done = self.exec_retried(name, [str(BIN / "wondercraft"), "node", "start", "--address", self.address,
                                    "--state-dir", str(self.state[name]), "--name", f"node-{name}",
                                    "--slots", str(self.slots), "--quiet",
                                    "--node-ip-address", self.addr[name], "--", "--num-cpus", "2",

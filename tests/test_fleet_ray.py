@@ -8,6 +8,10 @@ the whole module."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.fleet import Cluster
@@ -21,6 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(420)]
 MODEL = "linear:fleet"
 AGENTS = ("fleet-a", "fleet-b", "fleet-c")
 ROUNDS = 3
+CTL = str(Path(sys.executable).parent / "wondercraft-ctl")
 
 
 def job(seed: int, samples: int = 6, epochs: int = 2) -> dict:
@@ -137,6 +142,10 @@ def test_three_agents_train_three_rounds_across_nodes_and_match_the_local_execut
     workers = {n["name"]: n for n in listed["nodes"] if n["slotsTotal"]}
     assert set(workers) == {"node-a", "node-b"}, listed
     assert all(n["alive"] and n["lastHeartbeat"] and n["preflightOk"] for n in workers.values())
+    shown = ctl_nodes(fleet.url, fleet.cluster.prefix("h"))
+    rows = {line.split()[0]: line.split() for line in shown.splitlines()[1:]}
+    assert rows["node-a"][1] == fleet.cluster.addr["a"] and rows["node-a"][3] == "0/2", shown
+    assert rows["node-b"][1] == fleet.cluster.addr["b"], shown
     # The same jobs, same seeds, on the local executor: the same model, bit for bit.
     with ServerProcess(tmp_path / "local", env=service_env()) as server:
         local = Api(server.url)
@@ -144,6 +153,14 @@ def test_three_agents_train_three_rounds_across_nodes_and_match_the_local_execut
         for round_ in range(ROUNDS):
             local.wait_round(local.train_round(seeds_of(round_)))
         assert local.model_sha() == (ROUNDS, on_ray)
+        assert "executor local" in ctl_nodes(server.url, [])
+
+
+def ctl_nodes(url: str, prefix: list[str]) -> str:
+    env = clean_env(WONDERCRAFT_URL=url, WONDERCRAFT_ADMIN_TOKEN=ADMIN_TOKEN)
+    done = subprocess.run([*prefix, CTL, "nodes"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def test_a_node_killed_mid_cycle_its_cycle_finishes_elsewhere_and_it_comes_back_clean(fleet, cluster):
