@@ -33,9 +33,13 @@ class _Api:
         return self.cluster.call_in("h", http, method, self.url + path, body, token=token, timeout=30)
 
 
-def _round(api: _Api, name: str, tokens: dict[str, str]) -> tuple[float, list[dict]]:
-    status, body, _ = api("POST", "/v1/petals/models",
-                          {"modelType": name, "modelConfig": {"inputDim": 2}, "roundPolicy": {"minClients": JOBS}})  # fmt: skip
+def _round(api: _Api, name: str, tokens: dict[str, str], clients: int = JOBS) -> tuple[float, list[dict]]:
+    policy = {"minClients": clients}
+    status, body, _ = api(
+        "POST",
+        "/v1/petals/models",
+        {"modelType": name, "modelConfig": {"inputDim": 2}, "roundPolicy": policy},
+    )
     assert status == 201, body
     started = time.monotonic()
     cycles = []
@@ -79,7 +83,7 @@ def run() -> dict:
         try:
             wait_until(lambda: _healthy(api), 120, "the service")
             tokens = _agents(api)
-            overheads, per_nodes = [], {}
+            per_nodes = {}
             for count, node in enumerate(("a", "b", "c"), start=1):
                 if count > 1:
                     cluster.start_node(node)
@@ -89,8 +93,14 @@ def run() -> dict:
                     "cyclesPerMinute": round(JOBS / wall * 60, 1),
                     "nodesUsed": len({b.get("node") for b in bodies}),
                 }
-                overheads += [b["result"]["dispatchOverheadSeconds"] for b in bodies
-                              if "dispatchOverheadSeconds" in b.get("result", {})]  # fmt: skip
+                queued = [b["result"]["dispatchOverheadSeconds"] for b in bodies]
+                per_nodes[str(count)]["dispatchWithQueueP50Ms"] = round(statistics.median(queued) * 1000, 1)
+            # Dispatch overhead without queueing: rounds of three cycles, six free slots.
+            three = dict(list(tokens.items())[:3])
+            overheads = []
+            for index in range(4):
+                _, bodies = _round(api, f"linear:dispatch{index}", three, clients=3)
+                overheads += [b["result"]["dispatchOverheadSeconds"] for b in bodies]
             figures["ray"] = per_nodes
             figures["rayDispatchOverheadMs"] = {
                 "p50": round(statistics.median(overheads) * 1000, 2),
@@ -103,7 +113,7 @@ def run() -> dict:
             local = _Api(local_server.url, None)
             tokens = _agents(local)
             _round(local, "linear:warm", tokens)
-            wall, _ = _round(local, "linear:bench", tokens)
+            wall, bodies = _round(local, "linear:bench", tokens)
             figures["local"] = {"cyclesPerMinute": round(JOBS / wall * 60, 1)}
     finally:
         cluster.close()

@@ -19,19 +19,26 @@ class AgentMissing(RuntimeError):
     `wondercraft node start`)."""
 
 
-@ray.remote(max_retries=0, retry_exceptions=False)
-def learn_cycle(settings, spec, shipped):
-    node_id = ray.get_runtime_context().get_node_id()
+_agents: dict[str, object] = {}  # node id -> its agent's handle, per worker process
+
+
+def _agent(node_id: str):
+    if node_id in _agents:
+        return _agents[node_id]
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
-            agent = ray.get_actor(agent_name(node_id), namespace=NAMESPACE)
-            break
+            agent = _agents[node_id] = ray.get_actor(agent_name(node_id), namespace=NAMESPACE)
+            return agent
         except ValueError:
             if time.monotonic() > deadline:
                 raise AgentMissing(f"node {node_id} has no wondercraft agent") from None
             time.sleep(0.2)
-    return ray.get(agent.run.remote(settings, spec, shipped))
+
+
+@ray.remote(max_retries=0, retry_exceptions=False)
+def learn_cycle(settings, spec, shipped):
+    return ray.get(_agent(ray.get_runtime_context().get_node_id()).run.remote(settings, spec, shipped))
 
 
 def options_for(request: dict) -> dict:
