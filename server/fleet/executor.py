@@ -24,6 +24,7 @@ log = logging.getLogger("wondercraft.fleet")
 
 POLL_S = 0.5  # how often the nodes' agents are asked what runs on them
 MAX_CACHED_CONTENTS = 256
+MAX_CACHED_BYTES = 4 << 30  # contents the service keeps in the object store for later cycles
 
 
 def requires_token(address: str, timeout_s: float = 10.0) -> bool:
@@ -106,8 +107,11 @@ class RayExecutor:
         else:
             entry = (content, self._ray.put(data))
         self._contents[key] = entry
-        while len(self._contents) > MAX_CACHED_CONTENTS:
-            self._contents.popitem(last=False)
+        while len(self._contents) > 1 and (
+            len(self._contents) > MAX_CACHED_CONTENTS
+            or sum(c.size for c, _ in self._contents.values()) > MAX_CACHED_BYTES
+        ):
+            self._contents.popitem(last=False)  # a running task still holds its own reference
         return entry
 
     # ---- one attempt ----
@@ -126,10 +130,18 @@ class RayExecutor:
             outcome: CycleOutcome = await ref
         except ray.exceptions.RayError as exc:
             node = self._running[spec.cycle_id]["node"]
-            message = f"the learn cycle's node {node or '(unknown)'} was lost: {type(exc).__name__}: {exc}"
-            log.warning("learn cycle lost with its node", extra={"cycle_id": spec.cycle_id, "node": node})
-            return CycleOutcome(Verdict.RETRY, FailureReason.NODE_LOST, message[:2000],
-                                result={"node": node} if node else {})  # fmt: skip
+            # A Python error of the task or the agent (not a process or node gone): the node
+            # could not run the attempt, which another try (maybe elsewhere) may.
+            raised = isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(
+                exc.cause, ray.exceptions.RayError
+            )
+            reason = FailureReason.SANDBOX_START if raised else FailureReason.NODE_LOST
+            message = f"the learn cycle's node {node or '(unknown)'}: {type(exc).__name__}: {exc}"
+            log.warning(
+                "learn cycle attempt lost",
+                extra={"cycle_id": spec.cycle_id, "node": node, "reason": str(reason)},
+            )
+            return CycleOutcome(Verdict.RETRY, reason, message[:2000], result={"node": node} if node else {})
         finally:
             self._running.pop(spec.cycle_id, None)
         # What Ray adds to the attempt: hashing and shipping its inputs, the task, the hop to the
