@@ -71,6 +71,13 @@ setup(
             "scikit-learn>=1.4",
             # Drives Debian's chromium for the dashboard's browser tests.
             "playwright>=1.45",
+            # The cluster tests (tests/test_fleet_ray.py) start a real Ray head and nodes.
+            "ray[default]>=2.52,<3",
+        ],
+        # Learn cycles across hosts (WONDERCRAFT_EXECUTOR=ray): Ray's scheduler, object store
+        # and token auth, on the service and on every node.
+        "ray": [
+            "ray[default]>=2.52,<3",
         ],
         # PyTorch learn programs (the CPU build is enough for the suite).
         "torch": [

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-PARTS = ["aggregation", "runtime", "warmpool", "petals", "torch_cycle", "load"]
+PARTS = ["aggregation", "runtime", "warmpool", "petals", "torch_cycle", "load", "fleet"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -17,6 +17,7 @@ from . import (
     consensus,
     cycles,
     model,
+    nodes,
     preflight,
     sandbox,
     stats,
@@ -83,7 +84,7 @@ def cli(
 
 for _command in (
     status.status, sandbox.sandbox, stats.stats, cycles.cycles, model.model, telemetry.telemetry,
-    consensus.consensus, audit.audit, agents.agents, cleanup.cleanup, preflight.preflight,
+    consensus.consensus, audit.audit, agents.agents, cleanup.cleanup, preflight.preflight, nodes.nodes,
 ):  # fmt: skip
     cli.add_command(_command)
 

@@ -117,6 +117,8 @@ async def error_middleware(request: web.Request, handler):
 
 async def _start_services(app: web.Application) -> None:
     services = app[SERVICES]
+    # First, before anything is made: the executor (ray: refuses a cluster without token auth).
+    await services.petals.executor.start()
     services.loop_lag.start()
     await services.telemetry.start()
     # Start-up recovery: sweep what a crashed run left, then pick up its unfinished cycles.

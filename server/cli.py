@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("--config", help="scaling JSON to merge")
     config.set_defaults(func=show_config)
+    from .fleet.node import add_parser as add_node_parser
+
+    add_node_parser(commands)
     return parser
 
 

@@ -105,6 +105,16 @@ def _token(raw: Any) -> str:
     return raw
 
 
+def _ray_address(raw: Any) -> str:
+    expected = "a Ray cluster address, HOST:PORT (the head's GCS port)"
+    if not isinstance(raw, str) or not raw or len(raw) > 300 or any(c.isspace() for c in raw):
+        raise ValueError(expected)
+    host, sep, port = raw.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(expected)
+    return raw
+
+
 def _uid_range(raw: Any) -> str:
     return str(UidRange.parse(raw))
 
@@ -252,6 +262,10 @@ class Settings:
     warm_pool_idle_s: int = setting(600, _int_between(1, 86400), env="WARM_POOL_IDLE")
     # Compile the aggregation kernels during start-up, before READY (numba's cache makes it quick).
     aggregation_precompile: bool = setting(True, _boolean, env="AGGREGATION_PRECOMPILE")
+    # Where learn cycles run (server/training/executors.py): here, or as Ray tasks on the nodes of
+    # the cluster at RAY_ADDRESS (README "Across hosts").
+    executor: str = setting("local", _one_of("local", "ray"), env="WONDERCRAFT_EXECUTOR")
+    ray_address: str | None = setting(None, _ray_address, env="RAY_ADDRESS")
 
 
 # Environment variable -> its Settings field, read from the declarations above.
@@ -338,6 +352,11 @@ def _check_rounds(settings: Settings) -> None:
         )
 
 
+def _check_executor(settings: Settings) -> None:
+    if settings.executor == "ray" and not settings.ray_address:
+        raise ConfigError("WONDERCRAFT_EXECUTOR=ray needs RAY_ADDRESS (the head's HOST:PORT)")
+
+
 def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, overridden by the --config file, overridden by the environment."""
     settings = Settings()
@@ -346,4 +365,5 @@ def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | 
     settings = _apply_environment(settings, os.environ if environ is None else environ)
     _check_consistency(settings)
     _check_rounds(settings)
+    _check_executor(settings)
     return settings

@@ -60,6 +60,7 @@ class FailureReason(StrEnum):
     STALE_BASE = "stale_base"
     ROUND_EXPIRED = "round_expired"
     MODEL_DELETED = "model_deleted"
+    NODE_LOST = "node_lost"  # executor ray: the node running the attempt died or left
 
 
 # Ends of a cycle that retrying cannot fix: a cap was hit or someone killed it.

@@ -65,6 +65,19 @@ async def admin_stats(call: Call) -> web.Response:
 
 
 @ROUTES.operation(
+    "GET",
+    "/v1/admin/nodes",
+    summary="The Ray nodes learn cycles run on (executor ray): slots, GPUs, running cycles, heartbeat",
+    description="Empty with the local executor: every cycle runs on this host.",
+    access="admin",
+    replies=[Reply(200, "The nodes", ref("NodeList"))],
+)
+async def admin_nodes(call: Call) -> web.Response:
+    nodes = await call.services.petals.executor.nodes()
+    return json_reply({"executor": call.services.petals.executor.name, "nodes": nodes, "count": len(nodes)})
+
+
+@ROUTES.operation(
     "POST",
     "/v1/admin/cleanup",
     summary="Run the supervisor's pass now: reap expired and dead sandboxes, sweep orphans",

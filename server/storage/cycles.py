@@ -31,6 +31,7 @@ class Cycle:
     progress: dict = field(default_factory=dict)
     deltas: dict[str, np.ndarray] | None = None  # held until its round closes
     num_samples: int = 0
+    node: str | None = None  # the Ray node of its latest attempt (executor `ray`), else None
 
     def as_json(self) -> dict:
         body: dict[str, Any] = {
@@ -46,6 +47,8 @@ class Cycle:
             "progress": {"epoch": 0, "epochs": int(self.request.get("epochs", 0)), "loss": None,
                          "accuracy": None, **self.progress},
         }  # fmt: skip
+        if self.node is not None:
+            body["node"] = self.node
         if self.result is not None:
             body["result"] = self.result
         if self.error is not None:
@@ -61,6 +64,7 @@ def _from_row(row) -> Cycle:
         error=json.loads(row["error"]) if row["error"] else None, result_version=row["result_version"],
     )  # fmt: skip
     if cycle.result:
+        cycle.node = cycle.result.get("node")
         metrics = cycle.result.get("metrics", {})
         cycle.progress = {
             "epoch": len(cycle.result.get("epochs", [])),

@@ -29,7 +29,8 @@ from ..vocabulary import ACTIVE_STATUSES, RUNNING_STATUSES, CycleStatus, Failure
 from . import jobs, rounds
 from .aggregate import RoundResult, aggregate_round
 from .catalog import ModelCatalog, policy_of
-from .runner import AttemptSpec, CycleOutcome, Progress, Verdict, run_attempt
+from .executors import executor_from
+from .runner import AttemptSpec, CycleOutcome, Progress, Verdict
 from .scheduler import CycleHooks, RetryPolicy, Scheduler
 from .shared_model import SharedModels
 
@@ -39,9 +40,10 @@ log = logging.getLogger("wondercraft.training")
 class TrainingService:
     def __init__(
         self, settings: Settings, store: Store, state_dir: Path, sandboxes: SandboxManager, *,
-        telemetry=None, audit=None, metrics=None,
+        telemetry=None, audit=None, metrics=None, executor=None,
     ) -> None:  # fmt: skip
         self.settings = settings
+        self.executor = executor or executor_from(settings, sandboxes)
         self.store = store
         self.sandboxes = sandboxes
         self.telemetry = telemetry
@@ -113,6 +115,7 @@ class TrainingService:
         if self._consumer is not None:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
+        await self.executor.close()
 
     # ---- models (defined in catalog.py) ----
 
@@ -207,15 +210,11 @@ class TrainingService:
         spec = AttemptSpec(cycle.cycle_id, cycle.agent_id, cycle.attempts, cycle.request,
                            self._work_dir / cycle.cycle_id / "data", base.path, cycle.base_version)  # fmt: skip
 
-        def on_sandbox(sandbox_id: str) -> None:
-            cycle.sandbox_id = sandbox_id
-
         def on_progress(progress: Progress) -> None:
             cycle.progress = progress.as_json()
 
-        return await run_attempt(
-            self.settings, self.sandboxes, spec, on_sandbox=on_sandbox, on_progress=on_progress
-        )
+        return await self.executor.run(spec, on_sandbox=lambda sid: setattr(cycle, "sandbox_id", sid),
+                                       on_progress=on_progress, on_node=lambda n: setattr(cycle, "node", n))  # fmt: skip
 
     async def _retrying(self, cycle_id: str, delay_s: float, outcome: CycleOutcome) -> None:
         cycle = self._cycles[cycle_id]
@@ -292,7 +291,8 @@ class TrainingService:
                 if cycle is not None:
                     await self._fail(cycle, decision.reason, decision.message)
         else:
-            members = [self._cycles[c] for c in decision.members]
+            # In agent order, not finishing order: the same round gives the same model bit for bit.
+            members = sorted((self._cycles[c] for c in decision.members), key=lambda c: (c.agent_id, c.cycle_id))  # fmt: skip
             task = asyncio.get_running_loop().create_task(self._aggregate(decision, members))
             self._aggregations.add(task)
             task.add_done_callback(self._aggregations.discard)

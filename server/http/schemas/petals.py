@@ -149,6 +149,7 @@ PETALS: dict[str, dict[str, Any]] = {
             "status": {"enum": CYCLE_STATUSES},
             "attempts": NON_NEGATIVE_INT,
             "sandboxId": {"anyOf": [ref("SandboxId"), {"type": "null"}]},
+            "node": {"type": "string", "description": "The Ray node of its latest attempt (executor ray)"},
             "baseVersion": NON_NEGATIVE_INT,
             "resultVersion": _NULLABLE_INT,
             "progress": {"type": "object"},
