@@ -43,11 +43,13 @@ def learn_cycle(settings, spec, shipped):
 
 def options_for(request: dict) -> dict:
     """The task's resource request from the job's caps: one slot, its cores (Ray counts whole or
-    fractional CPUs), its GPUs and its memory in bytes."""
+    fractional CPUs), its GPUs and its memory in bytes. SPREAD puts concurrent cycles on different
+    nodes where they fit, rather than packing the first node until it is half full."""
     caps = request["resourceCaps"]
     return {
         "resources": {SLOT: 1},
         "num_cpus": float(caps["cpu"]),
         "num_gpus": int(caps.get("gpu", 0) or 0),
         "memory": int(caps["memory"]) << 20,
+        "scheduling_strategy": "SPREAD",
     }
