@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-PARTS = ["aggregation", "runtime", "petals", "load"]
+PARTS = ["aggregation", "runtime", "petals", "load", "robust"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -1,6 +1,6 @@
 """What screening means for a closed round, decided purely from the round and the verdicts:
 which members are kept, which are excluded and why, and whether the kept ones still meet the
-round's policy (the share it closed on, or minClients at its deadline). Also which whole updates
+round's policy (minClients). Also which whole updates
 krum and multi-krum left out, and how much of each update trimmed mean cut."""
 
 from __future__ import annotations
@@ -39,13 +39,12 @@ class Screened:
 
 
 def required_after_screening(close: Close) -> int:
-    """Kept updates a closed round needs: the share it closed on (threshold), minClients (its
-    deadline), one (allowPartial)."""
-    if close.closed_by == ClosedBy.THRESHOLD:
-        return max(1, close.needed)
-    if close.closed_by == ClosedBy.DEADLINE:
-        return max(1, close.min_clients)
-    return 1
+    """Kept updates a closed round needs: minClients, or one for a round its deadline closed
+    below minClients (allowPartial). aggregationThreshold is a share of participation: it
+    decides when the round closes, not how many of its updates screening may leave out."""
+    if close.closed_by == ClosedBy.PARTIAL:
+        return 1
+    return max(1, close.min_clients)
 
 
 def decide(close: Close, verdicts: Sequence[Verdict], rule: ScreeningRule) -> Screened:
