@@ -97,7 +97,12 @@ def policy(aggregation: dict, screening: bool, epsilon: float | None = None, **e
         **extra,
     }
     if epsilon is not None:
-        out["privacy"] = {"targetEpsilon": epsilon, "delta": DELTA, "plannedRounds": ROUNDS, "clipNorm": CLIP_NORM}
+        out["privacy"] = {
+            "targetEpsilon": epsilon,
+            "delta": DELTA,
+            "plannedRounds": ROUNDS,
+            "clipNorm": CLIP_NORM,
+        }
     return out
 
 
@@ -106,7 +111,10 @@ def wait_round(url: str, tokens: list[str], cycles: list[str], timeout: float = 
     deadline = time.monotonic() + timeout
     ends: list[dict] = []
     while time.monotonic() < deadline:
-        ends = [call("GET", f"{url}/v1/petals/status/{c}", token=t)[1] for t, c in zip(tokens, cycles, strict=True)]
+        ends = [
+            call("GET", f"{url}/v1/petals/status/{c}", token=t)[1]
+            for t, c in zip(tokens, cycles, strict=True)
+        ]
         if all(e["status"] in ("aggregated", "failed") or "round" in e.get("result", {}) for e in ends):
             return ends
         time.sleep(0.1)
@@ -131,7 +139,9 @@ def federate(url: str, admin: str, tokens: list[str], model: str, data: Digits, 
     for r in range(rounds):
         cycles = []
         for k, token in enumerate(tokens):
-            status, body = call("POST", f"{url}/v1/petals/train", job(model, data, k, attack, 100 * r + k), token=token)
+            status, body = call(
+                "POST", f"{url}/v1/petals/train", job(model, data, k, attack, 100 * r + k), token=token
+            )
             if status != 202:
                 return {"accuracy": accuracy(url, tokens[1], model, data), "rounds": r, "committed": committed,
                         "excluded": excluded, "rejected": rejected, "refused": body}  # fmt: skip
@@ -140,7 +150,9 @@ def federate(url: str, admin: str, tokens: list[str], model: str, data: Digits, 
         outcomes = [e.get("result", {}).get("round", {}).get("outcome") for e in ends]
         committed += any(e["status"] == "aggregated" for e in ends)
         excluded += outcomes.count("excluded")
-        rejected += all(o != "committed" for o in outcomes) and not any(e["status"] == "aggregated" for e in ends)
+        rejected += all(o != "committed" for o in outcomes) and not any(
+            e["status"] == "aggregated" for e in ends
+        )
     return {"accuracy": accuracy(url, tokens[1], model, data), "rounds": rounds, "committed": committed,
             "excluded": excluded, "rejected": rejected}  # fmt: skip
 
@@ -163,7 +175,9 @@ def run() -> dict:
             model = f"softmax:dp-{label.replace(' ', '')}"
             define(service.url, admin, model, policy({"method": "fedavg"}, True, epsilon))
             result = federate(service.url, admin, tokens, model, data, "none")
-            status, shared = call("GET", f"{service.url}/v1/petals/model/shared?modelType={model}", token=tokens[0])
+            status, shared = call(
+                "GET", f"{service.url}/v1/petals/model/shared?modelType={model}", token=tokens[0]
+            )
             result["privacy"] = (shared.get("metadata") or {}).get("privacy")
             figures["privacy"][label] = result
             print(f"   {label:12s} accuracy {result['accuracy']:.3f} privacy {result['privacy']}", flush=True)
@@ -178,5 +192,8 @@ def table(figures: dict) -> str:
     lines.append("")
     for label, result in figures["privacy"].items():
         spent = (result.get("privacy") or {}).get("epsilonSpent")
-        lines.append(f"{label:12s} accuracy {result['accuracy']:.3f}" + ("" if spent is None else f"  epsilon spent {spent:.3f}"))
+        lines.append(
+            f"{label:12s} accuracy {result['accuracy']:.3f}"
+            + ("" if spent is None else f"  epsilon spent {spent:.3f}")
+        )
     return "\n".join(lines)
