@@ -29,7 +29,7 @@ METHODS = (
 PRIVACY = (("no DP", None), ("epsilon 8", 8.0), ("epsilon 2", 2.0))
 DELTA = 1e-5
 CLIP_NORM = 2.0
-JOB = {"learningRate": 0.3, "batchSize": 32, "epochs": 2}
+JOB = {"learningRate": 0.3, "batchSize": 32, "epochs": 4}
 
 
 @dataclass
@@ -88,8 +88,10 @@ def define(url: str, admin: str, model: str, policy: dict) -> dict:
 
 
 def policy(aggregation: dict, screening: bool, epsilon: float | None = None, **extra) -> dict:
+    # Krum needs 2f + 3 updates in every round it aggregates.
+    krum = aggregation["method"] in ("krum", "multi_krum")
     out = {
-        "minClients": 3,
+        "minClients": 2 * aggregation.get("f", 0) + 3 if krum else 3,
         "aggregationThreshold": 1.0,
         "roundDeadlineSeconds": 600,
         "aggregation": aggregation,

@@ -14,8 +14,6 @@ import pytest
 from bench import robust
 from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent, wait_until
 
-robust.JOB = {**robust.JOB, "epochs": 4}
-
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
