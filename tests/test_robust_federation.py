@@ -13,6 +13,7 @@ import pytest
 
 from bench import robust
 from tests.helpers import ADMIN_TOKEN, ServerProcess, clean_env, http, register_agent, wait_until
+from tests.test_ctl import as_json, ctl, ok
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +120,13 @@ def test_fedavg_with_screening_learns_under_scaling_and_the_attacker_is_excluded
     assert model in standing["suspendedModels"] and standing["lastNorm"] > 100
     honest = next(a for a in agents["agents"] if a["agentId"] == "fed1")["standing"]
     assert honest["exclusions"] == 0 and honest["updates"] >= 3
-    # The admin reinstates it: recorded, and its jobs are taken again.
-    status, body, _ = http(
-        "POST", f"{service.url}/v1/agents/fed0/reinstate", {"modelType": model}, token=ADMIN_TOKEN
-    )
-    assert status == 200 and body["reinstated"] == [model], body
+    # `wondercraft-ctl agents ls` shows the standing; the admin reinstates it with the tool.
+    listing = ok(ctl(service, "agents", "ls"))
+    row = next(line.split() for line in listing.splitlines() if line.split()[:1] == ["fed0"])
+    assert row[-4] == f"{standing['exclusions']}/{standing['updates']}" and row[-1] == model
+    assert float(row[-2]) > 100
+    body = as_json(ctl(service, "agents", "reinstate", "fed0", "--model", model, "--json"))
+    assert body["reinstated"] == [model], body
     assert any(e["kind"] == "agent_reinstated" and e["agentId"] == "fed0" for e in history(service, model))
     # The honest agents alone carry on; every round commits, and the model learns.
     rest = robust.federate(
