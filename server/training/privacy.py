@@ -11,17 +11,22 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import dp_accounting
-from dp_accounting.rdp import RdpAccountant
+# dp_accounting (scipy, mpmath) is imported on first use: a service without private models
+# never pays for it at start-up.
 
 
-def _rounds_event(noise_multiplier: float, rounds: int) -> dp_accounting.DpEvent:
+def _rounds_event(noise_multiplier: float, rounds: int):
+    import dp_accounting
+
     return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier), rounds)
 
 
 @lru_cache(maxsize=256)
 def noise_multiplier(target_epsilon: float, delta: float, rounds: int) -> float:
     """The smallest noise multiplier whose `rounds` Gaussian rounds spend at most target_epsilon."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
     value = dp_accounting.calibrate_dp_mechanism(
         RdpAccountant,
         lambda z: _rounds_event(z, rounds),
@@ -41,6 +46,8 @@ def epsilon_spent(noise_multiplier: float, delta: float, rounds: int) -> float:
     """Epsilon spent (at delta) once `rounds` rounds have been aggregated with this noise."""
     if rounds <= 0:
         return 0.0
+    from dp_accounting.rdp import RdpAccountant
+
     accountant = RdpAccountant()
     accountant.compose(_rounds_event(noise_multiplier, rounds))
     return float(accountant.get_epsilon(delta))
