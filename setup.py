@@ -60,6 +60,9 @@ setup(
         # Tensors crossing a trust boundary (learn-cycle outputs, uploads) are read as
         # safetensors, never as pickles.
         "safetensors>=0.4",
+        # Differential privacy accounting (Google's RDP accountant): the noise multiplier that
+        # meets a model's (epsilon, delta) budget and the epsilon each round spends.
+        "dp-accounting>=0.4",
     ],
     extras_require={
         "test": [

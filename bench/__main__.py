@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-PARTS = ["aggregation", "runtime", "warmpool", "petals", "torch_cycle", "load", "fleet"]
+PARTS = ["aggregation", "runtime", "warmpool", "petals", "torch_cycle", "load", "fleet", "robust"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -1,4 +1,5 @@
-"""`agents add|ls|revoke`: the agents allowed to use the service, and their tokens."""
+"""`agents add|ls|revoke|reinstate`: the agents allowed to use the service, their tokens, and
+their standing in screening (updates excluded, in a row, the last norm, suspensions)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,30 @@ def agents_ls(ctl: Ctl) -> None:
 
 
 def _rows(listed: list[dict]) -> None:
-    rows = [
-        [a["agentId"], "active" if a["active"] else "revoked", when(a["createdAt"]), when(a["revokedAt"])]
-        for a in listed
-    ]
-    table(rows, ["AGENT", "STATE", "CREATED", "REVOKED"])
+    rows = []
+    for a in listed:
+        standing = a.get("standing") or {}
+        norm = standing.get("lastNorm")
+        rows.append([
+            a["agentId"], "active" if a["active"] else "revoked", when(a["createdAt"]), when(a["revokedAt"]),
+            f"{standing.get('exclusions', 0)}/{standing.get('updates', 0)}",
+            str(standing.get("consecutiveExclusions", 0)), "-" if norm is None else f"{norm:.4g}",
+            ",".join(standing.get("suspendedModels", [])) or "-",
+        ])  # fmt: skip
+    table(rows, ["AGENT", "STATE", "CREATED", "REVOKED", "EXCLUDED", "IN-A-ROW", "LAST-NORM", "SUSPENDED"])
+
+
+@command(agents, "reinstate")
+@click.argument("agent_id")
+@click.option("--model", "model", default=None, help="Only this model (default: every one)")
+def agents_reinstate(ctl: Ctl, agent_id: str, model: str | None) -> None:
+    """Take an agent's jobs again after screening suspended it."""
+    body = {"modelType": model} if model else {}
+    data = ctl.client.call("POST", f"/v1/agents/{quote(agent_id)}/reinstate", body)
+    ctl.out(
+        data,
+        lambda d: click.echo(f"{d['agentId']} reinstated for {', '.join(d['reinstated']) or 'no model'}"),
+    )
 
 
 @command(agents, "revoke")

@@ -131,6 +131,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE models ADD COLUMN created_by TEXT;
     ALTER TABLE agents ADD COLUMN model_author INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: each agent's standing per model (how often its updates were screened out, the last
+    # figures, a suspension), and the rounds a model's privacy budget has spent.
+    """
+    CREATE TABLE agent_standing (
+        agent_id          TEXT NOT NULL,
+        model_name        TEXT NOT NULL,
+        updates           INTEGER NOT NULL DEFAULT 0,
+        exclusions        INTEGER NOT NULL DEFAULT 0,
+        consecutive       INTEGER NOT NULL DEFAULT 0,
+        last_norm         REAL,
+        last_median_norm  REAL,
+        last_cosine       REAL,
+        last_reason       TEXT,
+        updated_at        REAL NOT NULL,
+        suspended_at      REAL,
+        PRIMARY KEY (agent_id, model_name)
+    );
+    ALTER TABLE models ADD COLUMN privacy_rounds INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -72,6 +72,7 @@ class RoundOutcome(StrEnum):
 
     COMMITTED = "committed"
     REJECTED = "rejected"
+    EXCLUDED = "excluded"  # screened out before aggregation (its result.screening says why)
 
 
 class ClosedBy(StrEnum):

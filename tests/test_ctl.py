@@ -138,8 +138,11 @@ def test_agents_add_ls_revoke(server):
     created = as_json(ctl(server, "agents", "add", "ctl-agent-2", "--json"))
     assert created["agentId"] == "ctl-agent-2" and created["token"]
     listing = ok(ctl(server, "agents", "ls"))
-    assert listing.splitlines()[0].split() == ["AGENT", "STATE", "CREATED", "REVOKED"]
-    assert any(line.split()[:2] == ["ctl-agent", "active"] for line in listing.splitlines())
+    assert listing.splitlines()[0].split() == [
+        "AGENT", "STATE", "CREATED", "REVOKED", "EXCLUDED", "IN-A-ROW", "LAST-NORM", "SUSPENDED"
+    ]  # fmt: skip
+    row = next(line.split() for line in listing.splitlines() if line.split()[:1] == ["ctl-agent"])
+    assert row[1] == "active" and row[-4:] == ["0/0", "0", "-", "-"]  # no update screened yet
     assert "revoked at" in ok(ctl(server, "agents", "revoke", "ctl-agent"))
     assert as_json(ctl(server, "agents", "revoke", "ctl-agent-2", "--json"))["active"] is False
     agents = {a["agentId"]: a for a in as_json(ctl(server, "agents", "ls", "--json"))["agents"]}

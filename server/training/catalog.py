@@ -14,6 +14,7 @@ from ..storage import cycles as cycle_rows
 from ..storage.models import ModelInfo, ModelStore
 from ..store import Store
 from . import jobs, rounds
+from .federation import AggregationChoice
 from .policy import RoundPolicy
 
 
@@ -24,6 +25,7 @@ def default_policy(settings: Settings) -> RoundPolicy:
         aggregation_threshold=settings.aggregation_threshold,
         round_deadline_s=settings.petals_round_deadline_s,
         allow_partial=settings.petals_allow_partial,
+        aggregation=AggregationChoice(settings.aggregation_method),
     )
 
 

@@ -26,7 +26,7 @@ from ..storage.cycles import Cycle
 from ..storage.models import ModelInfo, ModelStore, unknown_model
 from ..store import Store
 from ..vocabulary import ACTIVE_STATUSES, RUNNING_STATUSES, CycleStatus, FailureReason
-from . import jobs, rounds
+from . import jobs, rounds, standing
 from .aggregate import RoundResult, aggregate_round
 from .catalog import ModelCatalog, policy_of
 from .executors import executor_from
@@ -163,6 +163,7 @@ class TrainingService:
             raise TooManyRequests(f"the training queue is full ({depth} cycles waiting); retry later",
                                   retry_after_s=max(1, int(self.settings.petals_retry_base_delay_s * 4)))  # fmt: skip
         info, request, x, y = await self.prepare(body)
+        await asyncio.to_thread(standing.check_admission, self, agent_id, info)
         cycle = Cycle(f"cy-{secrets.token_hex(8)}", agent_id, info.name, CycleStatus.QUEUED, request,
                       info.current_version, time.time())  # fmt: skip
         try:

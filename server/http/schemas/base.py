@@ -15,7 +15,7 @@ MAX_SEQ = 2**53 - 1
 MAX_LIST_LIMIT = 1000
 
 # What the seed's TrainingTelemetryEvent.event may be; adding a kind here is all a new one needs.
-TELEMETRY_EVENT_KINDS = ["training_cycle_completed", "training_cycle_failed"]
+TELEMETRY_EVENT_KINDS = ["training_cycle_completed", "training_cycle_failed", "training_update_excluded"]
 
 
 def ref(name: str) -> dict[str, str]:

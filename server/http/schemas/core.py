@@ -32,6 +32,18 @@ _AGENT = {
         "createdAt": {"$ref": "#/components/schemas/TimestampMs"},
         "revokedAt": {"anyOf": [{"$ref": "#/components/schemas/TimestampMs"}, {"type": "null"}]},
         "modelAuthor": _MODEL_AUTHOR,
+        "standing": {
+            "type": "object",
+            "description": "How the agent's updates fared in screening: totals, and per model",
+            "properties": {
+                "updates": {"type": "integer", "minimum": 0},
+                "exclusions": {"type": "integer", "minimum": 0},
+                "consecutiveExclusions": {"type": "integer", "minimum": 0},
+                "lastNorm": {"type": ["number", "null"]},
+                "suspendedModels": {"type": "array", "items": {"type": "string"}},
+                "models": {"type": "array", "items": {"type": "object"}},
+            },
+        },
     },
 }
 
@@ -108,6 +120,20 @@ CORE: dict[str, dict[str, Any]] = {
             "description": "The agent's bearer token. Shown only in this answer; only its hash is kept.",
         },
     ),
+    "AgentReinstateRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"modelType": {"$ref": "#/components/schemas/ModelName"}},
+    },
+    "AgentReinstated": {
+        "type": "object",
+        "required": ["agentId", "reinstated"],
+        "additionalProperties": False,
+        "properties": {
+            "agentId": {"$ref": "#/components/schemas/AgentId"},
+            "reinstated": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "AgentList": {
         "type": "object",
         "required": ["agents"],

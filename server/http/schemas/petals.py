@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from aggregation.strategies import METHODS as AGGREGATION_METHODS
+
 from ... import vocabulary as words
+from ...training.federation import OPTIMIZERS as SERVER_OPTIMIZERS
 from .base import NON_NEGATIVE_INT, SHA256_PATTERN, listing, nullable, ref
 from .sandboxes import _CPU, _MEMORY, _NULLABLE_INT
 
 CYCLE_STATUSES = [str(s) for s in words.CycleStatus]
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
 _MODEL_CONFIG = {
     "type": "object",
     "additionalProperties": False,
@@ -53,6 +57,79 @@ _ROUND_POLICY = {
         "allowPartial": {
             "type": "boolean",
             "description": "At the deadline, close below minClients rather than expire",
+        },
+        "aggregation": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "How the round's kept updates are combined (default: the service's method)",
+            "properties": {
+                "method": {"enum": list(AGGREGATION_METHODS)},
+                "biasMethod": {
+                    "anyOf": [{"enum": list(AGGREGATION_METHODS)}, {"type": "null"}],
+                    "description": "Method for tensors whose name ends in bias (null: method)",
+                },
+                "beta": {**_NULLABLE_NUMBER, "description": "trimmed_mean: share cut from each end, 0..0.5"},
+                "f": {**_NULLABLE_INT, "description": "krum, multi_krum: updates assumed malicious"},
+                "m": {**_NULLABLE_INT, "description": "multi_krum: updates kept (default n - f)"},
+            },
+        },
+        "serverOptimizer": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "How the aggregate moves the model: plain, fedavgm (momentum) or fedadam",
+            "properties": {
+                "name": {"enum": list(SERVER_OPTIMIZERS)},
+                "learningRate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+                "momentum": {"type": "number", "minimum": 0, "maximum": 1},
+                "beta1": {"type": "number", "minimum": 0, "maximum": 1},
+                "beta2": {"type": "number", "minimum": 0, "maximum": 1},
+                "tau": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+            },
+        },
+        "screening": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Each update checked before aggregation; one that fails is left out of its round",
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "maxNorm": {**_NULLABLE_NUMBER, "description": "Bound on each update's L2 norm (null: none)"},
+                "normRatio": {
+                    **_NULLABLE_NUMBER,
+                    "description": "Bound as a multiple of the round's median norm (null: none)",
+                },
+                "minCosine": {
+                    **_NULLABLE_NUMBER,
+                    "description": "Least cosine similarity to the round's coordinate median",
+                },
+                "minUpdates": {
+                    "type": "integer",
+                    "minimum": 2,
+                    "maximum": 1000,
+                    "description": "Finite updates the relative checks need",
+                },
+            },
+        },
+        "maxConsecutiveExclusions": {
+            **_NULLABLE_INT,
+            "description": "After this many excluded updates in a row an agent's jobs are refused (null: never)",
+        },
+        "privacy": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["targetEpsilon", "plannedRounds", "clipNorm"],
+                    "properties": {
+                        "targetEpsilon": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                        "delta": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                        "plannedRounds": {"type": "integer", "minimum": 1, "maximum": 100000},
+                        "clipNorm": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e12},
+                        "noiseMultiplier": {"type": "number", "description": "Worked out; ignored on input"},
+                    },
+                },
+                {"type": "null"},
+            ],
+            "description": "Client-level differential privacy: clipping, Gaussian noise, a budget",
         },
     },
 }
