@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..auth import act_as, agent_filter
+from . import paging
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import AGENT_ID, DATASET_NAME, ref
 
@@ -60,14 +61,21 @@ async def upload_dataset(call: Call) -> web.Response:
     "/v1/datasets",
     summary="List datasets (an agent's own; the admin's all, or one agent's)",
     access="agent",
-    query=[Param("agentId", AGENT_ID, "Only this agent's datasets (an agent may name only itself)")],
+    query=[
+        Param("agentId", AGENT_ID, "Only this agent's datasets (an agent may name only itself)"),
+        *paging.PAGE_QUERY,
+    ],
     replies=[Reply(200, "Datasets, oldest first", ref("DatasetList"))],
     errors=[403],
 )
 async def list_datasets(call: Call) -> web.Response:
     owner = agent_filter(call.caller, call.query.get("agentId"))
-    datasets = [d.to_json() for d in call.services.datasets.list(owner)]
-    return json_reply({"datasets": datasets, "count": len(datasets)})
+    wanted = paging.request(call.query, "datasets", paging.CREATED_KEY)
+    shown, next_cursor = paging.page(
+        call.services.datasets.list(owner), lambda d: (d.created_at, d.dataset_id), wanted, "datasets",
+        descending=False,
+    )  # fmt: skip
+    return json_reply(paging.answer("datasets", [d.to_json() for d in shown], next_cursor))
 
 
 @ROUTES.operation(
