@@ -21,7 +21,6 @@ from server.store import Store
 from server.vocabulary import CycleStatus
 from tests.helpers import ADMIN_TOKEN, api_server, http, register_agent
 
-
 PARTICIPANTS = [{"agentId": "agent-a", "numSamples": 3}, {"agentId": "agent-b", "numSamples": 4}]
 
 
@@ -94,7 +93,12 @@ def test_chat_history_is_the_same_as_consensus_history(server):
 
 def test_history_filters_model_kind_limit_before_seq_and_since(server):
     _, body, _ = history(server, modelType="linear")
-    assert [e["kind"] for e in body["entries"]] == ["round_proposal", "model.committed", "vote", "round.opened"]
+    assert [e["kind"] for e in body["entries"]] == [
+        "round_proposal",
+        "model.committed",
+        "vote",
+        "round.opened",
+    ]
     _, body, _ = history(server, kind="round.opened")
     assert [e["modelName"] for e in body["entries"]] == ["mnist", "linear"]
     _, body, _ = history(server, limit=2)

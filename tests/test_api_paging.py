@@ -52,7 +52,11 @@ def add_item(server, name: str, n: int) -> None:
         assert http("POST", f"{server.url}/v1/petals/models", body, token=ADMIN_TOKEN)[0] == 201
     elif name == "datasets":
         status, body, _ = http(
-            "POST", f"{server.url}/v1/datasets?name=d{n}&agentId=pager", npz(n), token=ADMIN_TOKEN, headers=OCTETS
+            "POST",
+            f"{server.url}/v1/datasets?name=d{n}&agentId=pager",
+            npz(n),
+            token=ADMIN_TOKEN,
+            headers=OCTETS,
         )
         assert status == 201, body
     else:  # cycles, versions and history: one learn cycle, which commits a version
