@@ -16,12 +16,14 @@ from . import (
     cleanup,
     consensus,
     cycles,
+    datasets,
     model,
     preflight,
     sandbox,
     stats,
     status,
     telemetry,
+    train,
 )
 from .client import (
     DEFAULT_URL,
@@ -84,8 +86,10 @@ def cli(
 for _command in (
     status.status, sandbox.sandbox, stats.stats, cycles.cycles, model.model, telemetry.telemetry,
     consensus.consensus, audit.audit, agents.agents, cleanup.cleanup, preflight.preflight,
+    train.train, datasets.datasets,
 ):  # fmt: skip
     cli.add_command(_command)
+cli.add_command(model.model, name="models")  # `models create` reads as the issue and the API name it
 
 
 def main(argv: list[str] | None = None) -> int:
