@@ -6,8 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import admin
-from . import paging
 from .openapi import Call, Param, Reply, RouteTable, json_reply
+from .paging import CREATED_KEY, PAGE_QUERY, page_answer, page_of, page_request
 from .schemas import AGENT_ID, CYCLE_STATUSES, ref
 
 ROUTES = RouteTable(
@@ -35,19 +35,19 @@ async def admin_status(call: Call) -> web.Response:
         Param("agentId", AGENT_ID, "Only this agent's"),
         Param("status", {"enum": CYCLE_STATUSES}, "Only cycles in this state"),
         Param("modelType", ref("ModelName"), "Only cycles training this model"),
-        *paging.PAGE_QUERY,
+        *PAGE_QUERY,
     ],
     replies=[Reply(200, "Matching cycles", ref("CycleList"))],
 )
 async def admin_cycles(call: Call) -> web.Response:
     q = call.query
-    wanted = paging.request(q, "cycles", paging.CREATED_KEY)
+    wanted = page_request(q, "cycles", CREATED_KEY)
     keys = await admin.cycle_keys(
         call.services, agent_id=q.get("agentId"), status_=q.get("status"), model=q.get("modelType")
     )
-    shown, next_cursor = paging.page(keys, lambda k: k, wanted, "cycles", descending=True)
+    shown, next_cursor = page_of(keys, lambda k: k, wanted, "cycles", descending=True)
     found = await admin.cycles(call.services, [cycle_id for _, cycle_id in shown])
-    return json_reply(paging.answer("cycles", found, next_cursor))
+    return json_reply(page_answer("cycles", found, next_cursor))
 
 
 @ROUTES.operation(

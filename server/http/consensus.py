@@ -7,8 +7,8 @@ import asyncio
 from aiohttp import web
 
 from ..audit import HistoryQuery, pseudonymized
-from . import paging
 from .openapi import Call, Param, Reply, RouteTable, json_reply
+from .paging import PAGE_QUERY, encode_cursor, page_answer, page_request
 from .schemas import AUDIT_KIND_PATTERN, MODEL_NAME, SEQ, TIMESTAMP_MS, ref
 
 ROUTES = RouteTable("consensus", "Consensus history and audit trail (append-only, hash-chained)")
@@ -18,7 +18,7 @@ HISTORY_QUERY = [
     Param("kind", {"type": "string", "pattern": AUDIT_KIND_PATTERN}, "Only entries of this kind"),
     Param("since", TIMESTAMP_MS, "Only entries created at or after this time (ms)"),
     Param("beforeSeq", SEQ, "Only entries older than this seq (to page backwards)"),
-    *paging.PAGE_QUERY,
+    *PAGE_QUERY,
 ]
 HISTORY = {
     "description": "Newest first, paged by `cursor`. An agent sees its own entries and those about no "
@@ -41,7 +41,7 @@ HISTORY = {
 @ROUTES.operation("GET", "/v1/consensus/history", summary="Consensus history and audit trail", **HISTORY)
 async def consensus_history(call: Call) -> web.Response:
     caller, q = call.caller, call.query
-    wanted = paging.request(q, "history", (int,))
+    wanted = page_request(q, "history", (int,))
     before = [seq for seq in (q.get("beforeSeq"), wanted.after and wanted.after[0]) if seq is not None]
     entries = await call.services.audit.history(
         HistoryQuery(
@@ -55,12 +55,12 @@ async def consensus_history(call: Call) -> web.Response:
     )
     shown = entries[: wanted.limit]
     more = len(entries) > wanted.limit
-    next_cursor = paging.encode("history", (shown[-1].seq,)) if more else None
+    next_cursor = encode_cursor("history", (shown[-1].seq,)) if more else None
     found = [e.to_json() for e in shown]
     if not caller.is_admin:
         secret = await asyncio.to_thread(call.services.audit.pseudonym_secret)
         found = [pseudonymized(e, caller.agent_id, secret) for e in found]
-    return json_reply(paging.answer("entries", found, next_cursor))
+    return json_reply(page_answer("entries", found, next_cursor))
 
 
 @ROUTES.operation(

@@ -6,8 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..auth import act_as, agent_filter
-from . import paging
 from .openapi import Call, Param, Reply, RouteTable, json_reply
+from .paging import CREATED_KEY, PAGE_QUERY, page_answer, page_of, page_request
 from .schemas import AGENT_ID, DATASET_NAME, ref
 
 ROUTES = RouteTable("datasets", "Training data uploaded as .npz or .safetensors files")
@@ -63,19 +63,19 @@ async def upload_dataset(call: Call) -> web.Response:
     access="agent",
     query=[
         Param("agentId", AGENT_ID, "Only this agent's datasets (an agent may name only itself)"),
-        *paging.PAGE_QUERY,
+        *PAGE_QUERY,
     ],
     replies=[Reply(200, "Datasets, oldest first", ref("DatasetList"))],
     errors=[403],
 )
 async def list_datasets(call: Call) -> web.Response:
     owner = agent_filter(call.caller, call.query.get("agentId"))
-    wanted = paging.request(call.query, "datasets", paging.CREATED_KEY)
-    shown, next_cursor = paging.page(
+    wanted = page_request(call.query, "datasets", CREATED_KEY)
+    shown, next_cursor = page_of(
         call.services.datasets.list(owner), lambda d: (d.created_at, d.dataset_id), wanted, "datasets",
         descending=False,
     )  # fmt: skip
-    return json_reply(paging.answer("datasets", [d.to_json() for d in shown], next_cursor))
+    return json_reply(page_answer("datasets", [d.to_json() for d in shown], next_cursor))
 
 
 @ROUTES.operation(

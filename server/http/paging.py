@@ -38,7 +38,7 @@ class PageRequest:
     limit: int
 
 
-def encode(list_name: str, key: Key) -> str:
+def encode_cursor(list_name: str, key: Key) -> str:
     raw = json.dumps([list_name, *key], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -66,13 +66,13 @@ def decode(list_name: str, raw: str, kinds: Sequence[Any]) -> Key:
     return key
 
 
-def request(query: dict, list_name: str, kinds: Sequence[Any]) -> PageRequest:
+def page_request(query: dict, list_name: str, kinds: Sequence[Any]) -> PageRequest:
     """The page a validated query asks for (`cursor` and `limit` from PAGE_QUERY)."""
     raw = query.get("cursor")
     return PageRequest(None if raw is None else decode(list_name, raw, kinds), query["limit"])
 
 
-def page(
+def page_of(
     items: Sequence[T],
     key: Callable[[T], Key],
     wanted: PageRequest,
@@ -87,9 +87,9 @@ def page(
         ordered = [i for i in ordered if (key(i) < after if descending else key(i) > after)]
     shown = ordered[: wanted.limit]
     more = len(ordered) > wanted.limit
-    return shown, encode(list_name, key(shown[-1])) if more and shown else None
+    return shown, encode_cursor(list_name, key(shown[-1])) if more and shown else None
 
 
-def answer(list_key: str, items: list, next_cursor: str | None, **extra: Any) -> dict:
+def page_answer(list_key: str, items: list, next_cursor: str | None, **extra: Any) -> dict:
     """A list answer: the items, their count, the next page's cursor."""
     return {**extra, list_key: items, "count": len(items), "nextCursor": next_cursor}

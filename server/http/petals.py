@@ -7,8 +7,8 @@ from aiohttp import web
 
 from ..auth import act_as, ensure_visible, require_admin
 from ..errors import Forbidden
-from . import paging
 from .openapi import Call, Param, Reply, RouteTable, json_reply
+from .paging import PAGE_QUERY, page_answer, page_of, page_request
 from .schemas import NON_NEGATIVE_INT, ref
 
 ROUTES = RouteTable("petals", "Federated training: learn cycles, rounds, consensus and the shared model")
@@ -45,14 +45,14 @@ async def create_model(call: Call) -> web.Response:
     "/v1/petals/models",
     summary="The shared models, with their signatures and round policies, by name",
     access="agent",
-    query=paging.PAGE_QUERY,
+    query=PAGE_QUERY,
     replies=[Reply(200, "A page of the models", ref("ModelList"))],
 )
 async def list_models(call: Call) -> web.Response:
-    wanted = paging.request(call.query, "models", (str,))
+    wanted = page_request(call.query, "models", (str,))
     models = (await call.services.petals.list_models(call.caller.agent_id))["models"]
-    shown, next_cursor = paging.page(models, lambda m: (m["modelType"],), wanted, "models", descending=False)
-    return json_reply(paging.answer("models", shown, next_cursor))
+    shown, next_cursor = page_of(models, lambda m: (m["modelType"],), wanted, "models", descending=False)
+    return json_reply(page_answer("models", shown, next_cursor))
 
 
 @ROUTES.operation(
@@ -142,13 +142,13 @@ async def shared_model(call: Call) -> web.StreamResponse:
     description="Each version's `metrics` are the participants' own training figures (`source: "
     "training`); held-out figures are at /v1/petals/model/shared/evaluation.",
     access="agent",
-    query=[MODEL_QUERY[0], *paging.PAGE_QUERY],
+    query=[MODEL_QUERY[0], *PAGE_QUERY],
     replies=[Reply(200, "A page of the versions, oldest first", ref("ModelVersions"))],
 )
 async def model_versions(call: Call) -> web.Response:
-    wanted = paging.request(call.query, "versions", (int,))
+    wanted = page_request(call.query, "versions", (int,))
     found = await call.services.petals.shared.versions(call.query["modelType"], call.caller.agent_id)
-    shown, next_cursor = paging.page(
+    shown, next_cursor = page_of(
         found["versions"], lambda v: (v["version"],), wanted, "versions", descending=False
     )
     return json_reply({**found, "versions": shown, "count": len(shown), "nextCursor": next_cursor})

@@ -6,8 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..auth import act_as, agent_filter, ensure_visible
-from . import paging
 from .openapi import Call, Param, Reply, RouteTable, json_reply
+from .paging import CREATED_KEY, PAGE_QUERY, page_answer, page_of, page_request
 from .schemas import AGENT_ID, ref
 
 ROUTES = RouteTable(
@@ -128,7 +128,7 @@ async def sandbox_status(call: Call) -> web.Response:
     query=[
         Param("agentId", AGENT_ID, "Only this agent's (an agent may name only itself)"),
         Param("status", {"enum": ["running", "destroyed"]}, "Only sandboxes in this state"),
-        *paging.PAGE_QUERY,
+        *PAGE_QUERY,
     ],
     replies=[Reply(200, "Matching sandboxes", ref("SandboxList"))],
     errors=[403],
@@ -136,8 +136,8 @@ async def sandbox_status(call: Call) -> web.Response:
 async def list_sandboxes(call: Call) -> web.Response:
     agent_id = agent_filter(call.caller, call.query.get("agentId"))
     sandboxes = call.services.sandboxes
-    wanted = paging.request(call.query, "sandboxes", paging.CREATED_KEY)
+    wanted = page_request(call.query, "sandboxes", CREATED_KEY)
     keys = await sandboxes.list_keys(agent_id, call.query.get("status"))
-    shown, next_cursor = paging.page(keys, lambda k: k, wanted, "sandboxes", descending=True)
+    shown, next_cursor = page_of(keys, lambda k: k, wanted, "sandboxes", descending=True)
     views = [await sandboxes.status(sandbox_id) for _, sandbox_id in shown]
-    return json_reply(paging.answer("sandboxes", views, next_cursor))
+    return json_reply(page_answer("sandboxes", views, next_cursor))
