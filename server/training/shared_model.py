@@ -4,6 +4,7 @@ versions, predictions through onnxruntime; and the hold-out set validators evalu
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def held_out_figures(family: str, outputs: np.ndarray, y: np.ndarray) -> dict:
 def labelled(metadata: dict) -> dict:
     """A version's metadata with its metrics labelled by where they come from: the
     participants' own training data (held-out figures are the evaluation endpoint's)."""
-    if not isinstance(metadata.get("metrics"), dict):
+    if not isinstance(metadata.get("metrics"), dict) or not metadata["metrics"]:
         return metadata
     return {**metadata, "metrics": {**metadata["metrics"], "source": "training"}}
 
@@ -85,6 +86,7 @@ class SharedModels:
         info = await asyncio.to_thread(self.models.require, model_name)
         versions = await asyncio.to_thread(self.models.versions, model_name)
         return {"modelType": model_name, "currentVersion": info.current_version,
+                "holdoutRegistered": bool(info.holdout_path) and os.path.exists(info.holdout_path),
                 "versions": [labelled(visible_metadata(v.metadata, viewer)) for v in versions]}  # fmt: skip
 
     async def predict(self, model_name: str, inputs: list, version: int | None = None) -> dict:

@@ -241,11 +241,15 @@ PETALS: dict[str, dict[str, Any]] = {
     },
     "ModelVersions": {
         "type": "object",
-        "required": ["modelType", "currentVersion", "versions", "count", "nextCursor"],
+        "required": ["modelType", "currentVersion", "holdoutRegistered", "versions", "count", "nextCursor"],
         "additionalProperties": False,
         "properties": {
             "modelType": ref("ModelName"),
             "currentVersion": NON_NEGATIVE_INT,
+            "holdoutRegistered": {
+                "type": "boolean",
+                "description": "Whether a hold-out set is registered: /v1/petals/model/shared/evaluation answers",
+            },
             "versions": {"type": "array", "items": {"type": "object"}},
             "count": NON_NEGATIVE_INT,
             "nextCursor": NEXT_CURSOR,
