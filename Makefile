@@ -23,11 +23,13 @@ DASHBOARD_STAMP := $(DASHBOARD_WEB)/node_modules/.wondercraft-installed
 
 install: $(STAMP) $(DASHBOARD_STAMP)
 
-$(STAMP): setup.py scripts/host-packages.sh native/wc-init.c
+$(STAMP): setup.py scripts/host-packages.sh native/wc-init.c aggregation/kernels.py
 	scripts/host-packages.sh $(HOST_PACKAGES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,torch]'
+	# The aggregation kernels into numba's cache, so no service start or round compiles them.
+	$(PY) -m aggregation.warmup
 	touch $@
 
 $(DASHBOARD_STAMP): $(DASHBOARD_WEB)/package.json $(DASHBOARD_WEB)/package-lock.json

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-PARTS = ["aggregation", "runtime", "petals", "load"]
+PARTS = ["aggregation", "runtime", "warmpool", "petals", "torch_cycle", "load"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

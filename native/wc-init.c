@@ -234,7 +234,7 @@ struct create_opts {
     unsigned long long shm_bytes;
     char *binds[MAX_ITEMS]; /* "SRC:DST" read-only */
     int nbinds;
-    char *devs[MAX_ITEMS];  /* host device node paths */
+    char *devs[MAX_ITEMS];  /* HOST[:SANDBOX] character device nodes, SANDBOX in /dev */
     int ndevs;
     char *cgroups[MAX_ITEMS];
     int ncgroups;
@@ -292,6 +292,28 @@ static void bind_into(const char *root, const char *src, const char *dst, int re
         die(report_fd, "bind mount", errno);
     if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | remount_flags, NULL) < 0)
         die(report_fd, "remount bind", errno);
+}
+
+/* --dev HOST[:SANDBOX]: a character device bound at SANDBOX (default: the same path), which
+ * must be a plain name directly in /dev. Anything else (a directory, a regular file, a block
+ * device, a path out of /dev) is refused: only device nodes the runtime chose go in. */
+static void bind_device(const char *root, char *spec, int report_fd)
+{
+    struct stat st;
+    char *sep = strchr(spec, ':');
+    const char *dst = spec;
+    if (sep) {
+        *sep = '\0';
+        dst = sep + 1;
+    }
+    if (strncmp(dst, "/dev/", 5) != 0 || !dst[5] || strchr(dst + 5, '/') || !strcmp(dst + 5, "..") ||
+        !strcmp(dst + 5, "."))
+        die(report_fd, "device target", EINVAL);
+    if (stat(spec, &st) < 0)
+        die(report_fd, "device node", errno);
+    if (!S_ISCHR(st.st_mode))
+        die(report_fd, "device node is not a character device", EINVAL);
+    bind_into(root, spec, dst, report_fd, MS_NOSUID | MS_NOEXEC);
 }
 
 static void loopback_up(int report_fd)
@@ -392,7 +414,7 @@ static void become_sandbox_init(struct create_opts *o, int *cgroup_fds, struct i
     if (mount("wc-dev", path, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755") < 0)
         die(report_fd, "dev tmpfs", errno);
     for (int i = 0; i < o->ndevs; i++)
-        bind_into(root, o->devs[i], o->devs[i], report_fd, MS_NOSUID | MS_NOEXEC);
+        bind_device(root, o->devs[i], report_fd);
     static const char *links[][2] = {{"/proc/self/fd", "fd"},
                                      {"/proc/self/fd/0", "stdin"},
                                      {"/proc/self/fd/1", "stdout"},

@@ -1,8 +1,9 @@
 """GPU inventory and allocation: each sandbox gets specific devices, never shared.
 
 The inventory is the host's /dev/nvidiaN nodes; a sandbox given GPUs gets exactly
-those nodes (plus the driver's control nodes) bound into its /dev, and
-CUDA_VISIBLE_DEVICES naming them."""
+those nodes (plus the driver's control nodes) bound into its /dev as /dev/nvidiaN, and
+CUDA_VISIBLE_DEVICES naming them. CUDA skips a GPU whose node it cannot open, so inside
+the sandbox only the given ones exist for it, numbered from 0."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+# What CUDA opens besides the GPU itself: the driver's control node and unified memory
+# (uvm-tools: the profilers' counters). Not nvidia-modeset: that is for displays only.
+CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
+SANDBOX_DEV = "/dev"
 
 
 class GpuUnavailable(Exception):
@@ -25,9 +29,9 @@ class Gpu:
     uuid: str | None = None  # "GPU-..." from the driver, when it is loaded
 
     @property
-    def cuda_id(self) -> str:
-        # A UUID names the same GPU however CUDA numbers the devices it can open.
-        return self.uuid or str(self.index)
+    def sandbox_path(self) -> str:
+        """Where the node is inside a sandbox, wherever the inventory found it on the host."""
+        return f"{SANDBOX_DEV}/nvidia{self.index}"
 
 
 def _driver_uuids(proc_dir: Path) -> dict[int, str]:
@@ -54,11 +58,26 @@ def discover(dev_dir: Path = Path("/dev"), proc_dir: Path = Path("/proc/driver/n
     return sorted(found, key=lambda g: g.index)
 
 
+def control_nodes(dev_dir: Path = Path("/dev")) -> list[Path]:
+    """The driver's control nodes present in dev_dir (nvidia-uvm appears once its module is loaded)."""
+    return [dev_dir / name for name in CONTROL_NODES if (dev_dir / name).exists()]
+
+
 class GpuAllocator:
-    def __init__(self, inventory: list[Gpu]) -> None:
+    def __init__(self, inventory: list[Gpu], controls: list[Path] | None = None) -> None:
+        """inventory: the GPUs to hand out; controls: the control nodes a sandbox given any
+        gets too (default: those in /dev)."""
         self._inventory = list(inventory)
+        self._controls = list(controls) if controls is not None else control_nodes()
         self._owner: dict[int, str] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_host(
+        cls, dev_dir: Path = Path("/dev"), proc_dir: Path = Path("/proc/driver/nvidia/gpus")
+    ) -> GpuAllocator:
+        """The GPUs and control nodes of dev_dir (a test points it at stand-in nodes)."""
+        return cls(discover(dev_dir, proc_dir), control_nodes(dev_dir))
 
     @property
     def total(self) -> int:
@@ -91,12 +110,21 @@ class GpuAllocator:
         with self._lock:
             return sorted(i for i, o in self._owner.items() if o == owner)
 
-
-def device_nodes(gpus: list[Gpu]) -> list[str]:
-    if not gpus:
-        return []
-    return [g.device for g in gpus] + [n for n in CONTROL_NODES if Path(n).exists()]
+    def device_binds(self, gpus: list[Gpu]) -> list[str]:
+        """wc-init's `--dev HOST:SANDBOX` for these GPUs and, when there are any, the control nodes."""
+        if not gpus:
+            return []
+        binds = [f"{g.device}:{g.sandbox_path}" for g in gpus]
+        return binds + [f"{node}:{SANDBOX_DEV}/{node.name}" for node in self._controls]
 
 
 def visible_devices_env(gpus: list[Gpu]) -> dict[str, str]:
-    return {"CUDA_VISIBLE_DEVICES": ",".join(g.cuda_id for g in gpus)} if gpus else {}
+    """CUDA_VISIBLE_DEVICES for a sandbox holding these GPUs' nodes only. A UUID names the
+    same GPU however CUDA numbers what it can open; without the driver's UUIDs, the ordinals
+    0..k-1 are exactly the k devices CUDA finds there (the host's minor numbers would name
+    devices that sandbox does not have)."""
+    if not gpus:
+        return {}
+    if all(g.uuid for g in gpus):
+        return {"CUDA_VISIBLE_DEVICES": ",".join(g.uuid for g in gpus)}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(gpus)))}

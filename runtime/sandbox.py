@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -26,7 +27,7 @@ import native
 
 from . import gpu as gpus
 from . import mounts, network, process, uids
-from .admission import Admission
+from .admission import Admission, AdmissionRefused
 from .audit import ResourceRecord, parse_exec_status
 from .cgroups.base import CgroupBackend, CgroupError, CgroupLimits, CgroupUsage, SandboxCgroup
 from .errors import (  # noqa: F401 - re-exported: callers import them from here
@@ -56,6 +57,8 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The only environment the root launcher ever sees; what a sandbox's caller sets travels
 # as data (environment_memfd) and is applied inside, after the privilege drop.
 LAUNCHER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+# Writes to a running execution's stdin, then returns (start_background's stdin_source).
+StdinSource = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
 
 def environment_memfd(environment: Mapping[str, str]) -> int:
@@ -166,6 +169,7 @@ class Sandbox:
     exec_oom_kills: int = 0  # v1: OOM kills counted in executions' cgroups (v2 counts them upwards)
     background: dict[str, Execution] = field(default_factory=dict)  # detached, until collected
     uid: int | None = None  # its own uid and gid, from the manager's range
+    announced: bool = False  # on_created callbacks ran (create, or a warm pool's acquire)
     _running: dict[str, Execution] = field(default_factory=dict)
     _destroyed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -279,7 +283,7 @@ class SandboxManager:
         self.state_dir = Path(state_dir).resolve()
         self.instance = instance or instance_name(self.state_dir)
         self._cgroups = cgroups
-        self.gpus = gpu_allocator or gpus.GpuAllocator(gpus.discover())
+        self.gpus = gpu_allocator or gpus.GpuAllocator.from_host()
         self.output_limit_bytes = output_limit_bytes
         self._rootfs = self.state_dir / "rootfs"
         self._lower = self._rootfs / "lower"
@@ -302,6 +306,9 @@ class SandboxManager:
         # Async callbacks the service registers: on_created(sandbox), on_destroyed(sandbox, record).
         self.on_created: list[Callable[[Sandbox], Awaitable[None]]] = []
         self.on_destroyed: list[Callable[[Sandbox, dict], Awaitable[None]]] = []
+        # Frees budget when a create does not fit (the warm pool evicts idle sandboxes):
+        # reclaim(refusal, agent_id) -> whether anything was freed, so admission is retried.
+        self.reclaim: Callable[[AdmissionRefused, str], Awaitable[bool]] | None = None
 
     # ---------------------------------------------------------------- setup --
 
@@ -366,7 +373,12 @@ class SandboxManager:
     def list(self) -> list[Sandbox]:
         return list(self._sandboxes.values())
 
-    async def create(self, spec: SandboxSpec, sandbox_id: str | None = None) -> Sandbox:
+    async def create(
+        self, spec: SandboxSpec, sandbox_id: str | None = None, *, announce: bool = True
+    ) -> Sandbox:
+        """Create and start a sandbox. announce=False (a warm pool's sandbox, whose agent
+        is not known yet) holds back the on_created callbacks until announce() is called;
+        one never announced is destroyed without on_destroyed callbacks too."""
         if not self._started:
             await self.start()
         spec.caps.validate()
@@ -381,11 +393,7 @@ class SandboxManager:
             raise InvalidSpec(f"sandbox id {sandbox_id!r} is malformed or already in use")
         now = time.time()
         if self.admission is not None:
-            caps = spec.caps
-            self.admission.admit(
-                sandbox_id, spec.agent_id, memory_mb=caps.memory_mb, cpu_cores=caps.cpu_cores,
-                gpus=caps.gpu_count, expires_at=now + spec.lifetime_s,
-            )  # fmt: skip
+            await self._admit(sandbox_id, spec, now)
         sandbox = Sandbox(sandbox_id, spec, created_at=now, expires_at=now + spec.lifetime_s)
         self._sandboxes[sandbox_id] = sandbox
         try:
@@ -421,9 +429,32 @@ class SandboxManager:
             spec.lifetime_s, lambda: loop.create_task(self.destroy(sandbox_id, reason="lifetime"))
         )
         loop.create_task(self._watch_init(sandbox))
+        if announce:
+            await self.announce(sandbox)
+        return sandbox
+
+    async def announce(self, sandbox: Sandbox) -> None:
+        """Run the on_created callbacks (the service's row, audit and metrics) once."""
+        if sandbox.announced:
+            return
+        sandbox.announced = True
         for callback in self.on_created:
             await callback(sandbox)
-        return sandbox
+
+    async def _admit(self, sandbox_id: str, spec: SandboxSpec, now: float) -> None:
+        """Reserve the sandbox's budget; where it does not fit, `reclaim` (the warm pool)
+        may free room (idle warm sandboxes) and the reservation is tried again."""
+        caps = spec.caps
+        while True:
+            try:
+                self.admission.admit(
+                    sandbox_id, spec.agent_id, memory_mb=caps.memory_mb, cpu_cores=caps.cpu_cores,
+                    gpus=caps.gpu_count, expires_at=now + spec.lifetime_s,
+                )  # fmt: skip
+                return
+            except AdmissionRefused as refused:
+                if self.reclaim is None or not await self.reclaim(refused, spec.agent_id):
+                    raise
 
     def _create_args(self, sandbox: Sandbox) -> list[str]:
         spec = sandbox.spec
@@ -438,7 +469,7 @@ class SandboxManager:
             args.append("--isolate-net")
         for bind in [*self._system_binds, *spec.binds]:
             args += ["--bind", bind.arg()]
-        for node in [*mounts.DEFAULT_DEVICES, *gpus.device_nodes(sandbox.gpus)]:
+        for node in [*mounts.DEFAULT_DEVICES, *self.gpus.device_binds(sandbox.gpus)]:
             args += ["--dev", node]
         return args + self._cgroup_args(sandbox._cgroup.init_procs_files)
 
@@ -524,10 +555,14 @@ class SandboxManager:
         stdin: bytes = b"",
         workdir: str = mounts.WORK_DIR,
         output_limit_bytes: int | None = None,
+        stdin_source: StdinSource | None = None,
+        on_stderr_line: Callable[[str], None] | None = None,
     ) -> Execution:
         """Start argv as a background (detached) execution and return at once. It runs in
         its own cgroup until it ends, end_background() ends it, or the sandbox goes; it is
-        listed in sandbox.background until end_background() collects it."""
+        listed in sandbox.background until end_background() collects it. stdin_source,
+        instead of stdin: a coroutine given the execution's stdin, which writes to it while
+        the execution runs and closes it (a warm sandbox's zygote receives its job so)."""
         sandbox = self.get(sandbox_id)
         if len(sandbox.background) >= MAX_BACKGROUND_EXECUTIONS:
             raise CapacityExhausted(
@@ -544,7 +579,8 @@ class SandboxManager:
             try:
                 return await self._execute(
                     sandbox, execution, argv, timeout_s=timeout_s, env=env, stdin=stdin, workdir=workdir,
-                    output_limit_bytes=output_limit_bytes, on_stderr_line=None, started=started,
+                    output_limit_bytes=output_limit_bytes, on_stderr_line=on_stderr_line, started=started,
+                    stdin_source=stdin_source,
                 )  # fmt: skip
             finally:
                 sandbox.active_execs -= 1
@@ -615,6 +651,7 @@ class SandboxManager:
         output_limit_bytes: int | None,
         on_stderr_line: Callable[[str], None] | None,
         started: asyncio.Future | None = None,
+        stdin_source: StdinSource | None = None,
     ) -> ExecResult:
         self._check_runnable(sandbox, argv)
         environment = self._environment(sandbox, env or {})
@@ -639,7 +676,7 @@ class SandboxManager:
             return await self._run(
                 sandbox, execution, argv, environment, baseline, storage_was_full, began,
                 timeout_s=timeout_s, stdin=stdin, workdir=workdir, limit=limit,
-                on_stderr_line=on_stderr_line, started=started,
+                on_stderr_line=on_stderr_line, started=started, stdin_source=stdin_source,
             )  # fmt: skip
         finally:
             # Whatever it left (a setsid daemon, a process that closed its pipes) ends with it.
@@ -668,6 +705,7 @@ class SandboxManager:
         limit: int,
         on_stderr_line: Callable[[str], None] | None,
         started: asyncio.Future | None,
+        stdin_source: StdinSource | None = None,
     ) -> ExecResult:
         mark = time.perf_counter()
         env_fd = environment_memfd(environment)
@@ -703,6 +741,11 @@ class SandboxManager:
                 status_lines.append(line.decode(errors="replace").strip())
 
         async def feed_stdin() -> None:
+            if stdin_source is not None:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    await stdin_source(proc.stdin)
+                proc.stdin.close()
+                return
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 if stdin:
                     proc.stdin.write(stdin)
@@ -828,6 +871,9 @@ class SandboxManager:
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
             "WONDERCRAFT_SANDBOX_ID": sandbox.id,
+            # Thread pools (OpenMP, BLAS, torch's intra-op) size themselves to the host's cores,
+            # not the cap: a 1-core sandbox on a 64-core host would run 64 throttled threads.
+            "OMP_NUM_THREADS": str(max(1, math.ceil(sandbox.spec.caps.cpu_cores))),
         }
         environment.update(gpus.visible_devices_env(sandbox.gpus))
         for source in (sandbox.spec.env, extra):
@@ -891,7 +937,7 @@ class SandboxManager:
         finally:
             sandbox.status = "destroyed"
             sandbox._destroyed.set()
-        for callback in self.on_destroyed:
+        for callback in self.on_destroyed if sandbox.announced else ():
             try:
                 await callback(sandbox, record)
             except Exception:

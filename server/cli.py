@@ -144,6 +144,13 @@ def remove_service_file(state_dir: Path) -> None:
         pass
 
 
+def _compile_kernels() -> None:
+    from aggregation.warmup import compile_kernels
+
+    figures = compile_kernels()
+    log.info("aggregation kernels ready", extra={"seconds": figures["seconds"]})
+
+
 async def _serve(
     settings: Settings, store, listener: socket.socket, admin_token: str, notifier: Notifier
 ) -> None:
@@ -160,8 +167,15 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     notifier.status("start-up recovery: sweeping orphans, re-queuing interrupted cycles")
+    # No round waits on numba: the kernels compile (or load from its cache) beside recovery.
+    kernels = (
+        asyncio.create_task(asyncio.to_thread(_compile_kernels)) if settings.aggregation_precompile else None
+    )
     try:
         await runner.setup()
+        if kernels is not None:
+            notifier.status("compiling aggregation kernels")
+            await kernels
     except Exception as exc:
         log.exception("start-up failed")
         await runner.cleanup()

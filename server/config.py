@@ -110,6 +110,19 @@ def _uid_range(raw: Any) -> str:
     return str(UidRange.parse(raw))
 
 
+def _warm_pool(raw: Any) -> str:
+    from runtime.pool import parse_profiles
+    from runtime.sandbox import InvalidSpec, ResourceCaps
+
+    if not isinstance(raw, str):
+        raise ValueError("a list like numpy=2,torch=1")
+    try:
+        parse_profiles(raw, ResourceCaps())
+    except InvalidSpec as exc:
+        raise ValueError(str(exc)) from None
+    return raw.strip()
+
+
 # ---- the settings: each declared once, with its default, its parser and where it is read ----
 
 
@@ -235,6 +248,11 @@ class Settings:
     sandbox_agent_max_memory_mb: int = setting(0, _int_between(0, 1 << 30), env="SANDBOX_AGENT_MAX_MEMORY")
     sandbox_agent_max_gpus: int = setting(0, _int_between(0, 64), env="SANDBOX_AGENT_MAX_GPUS")
     sandbox_uid_range: str = setting("600000-659999", _uid_range, env="SANDBOX_UID_RANGE")
+    # Pre-warmed learn-cycle sandboxes (runtime/pool.py): "numpy=N,torch=M"; "" (the default) is off.
+    warm_pool: str = setting("", _warm_pool, env="WARM_POOL")
+    warm_pool_idle_s: int = setting(600, _int_between(1, 86400), env="WARM_POOL_IDLE")
+    # Compile the aggregation kernels during start-up, before READY (numba's cache makes it quick).
+    aggregation_precompile: bool = setting(True, _boolean, env="AGGREGATION_PRECOMPILE")
 
 
 # Environment variable -> its Settings field, read from the declarations above.

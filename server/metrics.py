@@ -18,6 +18,7 @@ REQUEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 AGGREGATION_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CYCLE_BUCKETS_S = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+WARMUP_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RATE_WINDOW_S = 60
 
 
@@ -94,6 +95,16 @@ METRICS: dict[str, Metric] = {
         "wondercraft_event_loop_lag_observed_seconds", "Distribution of event-loop scheduling delays",
         LAG_BUCKETS_S,
     ),
+    # Warm pool (runtime/pool.py)
+    "warm_pool_hits": counter("wondercraft_warm_pool_hits_total", "Learn cycles that took a warm sandbox", "profile"),
+    "warm_pool_misses": counter(
+        "wondercraft_warm_pool_misses_total", "Learn cycles that found no warm sandbox and went cold", "profile"
+    ),
+    "warm_pool_warmup": histogram(
+        "wondercraft_warm_pool_warmup_seconds", "Time to create a warm sandbox and import its libraries",
+        WARMUP_BUCKETS_S, "profile",
+    ),
+    "warm_pool_idle": gauge("wondercraft_warm_pool_idle", "Warm sandboxes waiting for a cycle", "profile"),
     # Telemetry
     "telemetry_events": counter("wondercraft_telemetry_events_emitted_total", "Telemetry events accepted", "event"),
     "telemetry_emission_rate": gauge(

@@ -307,7 +307,7 @@ def test_kill_button_asks_first_and_then_destroys_the_sandbox(tab, service):
     )  # fmt: skip
     assert status == 201, sandbox
     sandbox_id = sandbox["sandboxId"]
-    busy = {"sandboxId": sandbox_id, "command": ["sh", "-c", "while :; do :; done"], "timeoutSeconds": 5}
+    busy = {"sandboxId": sandbox_id, "command": ["sh", "-c", "while :; do :; done"], "timeoutSeconds": 300}
     spinner = threading.Thread(
         target=http,
         args=("POST", f"{service.url}/v1/sandbox/execute", busy),
@@ -317,13 +317,13 @@ def test_kill_button_asks_first_and_then_destroys_the_sandbox(tab, service):
     tab.sign_in()
     tab.open("#sandboxes", f"[data-kill='{sandbox_id}']")
     # The busy loop shows on the CPU sparkline: samples every 2 s, CPU % from their difference.
+    # It spins until the kill button ends it; on a loaded host it may get only a slice of a core.
     cpu = f"JSON.parse(document.querySelector('[data-sandbox=\"{sandbox_id}\"] [data-spark=cpu]').dataset.points)"
-    tab.until(f"Math.max(...{cpu}.series.cpu) > 30", "the busy sandbox's CPU % on its sparkline")
+    tab.until(f"Math.max(...{cpu}.series.cpu) > 5", "the busy sandbox's CPU % on its sparkline", timeout=120)
     assert max(tab.page.evaluate(f"{cpu}.series.cpu")) <= 100 * 1.3  # one core's cap, with sampling slack
     memory = f"JSON.parse(document.querySelector('[data-sandbox=\"{sandbox_id}\"] [data-spark=memory]').dataset.points)"
     assert all(m > 0 for m in tab.page.evaluate(f"{memory}.series.memory"))
     tab.shot("sandboxes-live")
-    spinner.join(30)
     tab.accept_dialogs = False
     tab.page.click(f"[data-kill='{sandbox_id}']")
     assert tab.dialogs and sandbox_id in tab.dialogs[-1]
@@ -336,6 +336,8 @@ def test_kill_button_asks_first_and_then_destroys_the_sandbox(tab, service):
         30, what="the sandbox destroyed",
     )  # fmt: skip
     tab.page.wait_for_selector(f"[data-kill='{sandbox_id}']", state="detached")
+    spinner.join(60)
+    assert not spinner.is_alive(), "the busy execution outlived its sandbox"
     assert tab.errors == []
 
 

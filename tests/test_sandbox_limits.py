@@ -227,7 +227,8 @@ def test_gpu_allocator_gives_specific_devices_and_never_oversubscribes():
     allocator.release("sb-a")
     assert allocator.free() == 3
     assert gpus.visible_devices_env(second) == {"CUDA_VISIBLE_DEVICES": "GPU-0003"}
-    assert gpus.visible_devices_env([gpus.Gpu(5, "/dev/nvidia5")]) == {"CUDA_VISIBLE_DEVICES": "5"}
+    # Without UUIDs, the sandbox holds only its nodes, which CUDA numbers from 0.
+    assert gpus.visible_devices_env([gpus.Gpu(5, "/dev/nvidia5")]) == {"CUDA_VISIBLE_DEVICES": "0"}
 
 
 def test_gpu_inventory_reads_device_nodes_and_driver_uuids(tmp_path):
