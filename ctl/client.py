@@ -87,17 +87,20 @@ class Client:
         auth: bool = True,
         timeout_s: float | None = None,
         raw: bool = False,
+        payload: bytes | None = None,
+        content_type: str = "application/json",
     ) -> Any:
-        """The answer's JSON (its bytes with `raw`); a refusal raises CtlError."""
-        data = None if body is None else json.dumps(body).encode()
+        """The answer's JSON (its bytes with `raw`); a refusal raises CtlError. The request body
+        is `body` as JSON, or `payload` as it is (of `content_type`: a file, a multipart form)."""
+        data = payload if payload is not None else None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self._url(path, query), data=data, method=method)
         for name, value in self._headers(auth).items():
             request.add_header(name, value)
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
-                payload = response.read()
+                answer = response.read()
         except urllib.error.HTTPError as exc:
             raise api_error(method, path, exc.code, exc.read()) from None
         except urllib.error.URLError as exc:
@@ -105,9 +108,9 @@ class Client:
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc) from None
         if raw:
-            return payload
+            return answer
         try:
-            return json.loads(payload)
+            return json.loads(answer)
         except ValueError:
             raise CtlError(f"{method} {path} answered something that is not JSON", EXIT_API) from None
 

@@ -1,4 +1,4 @@
-"""`cycles ls|show|watch`: training cycles of every agent."""
+"""`cycles ls|show|watch|logs`: training cycles of every agent."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import click
 
-from .client import EXIT_VERDICT, CtlError, Verdict, quote
+from .client import EXIT_API, EXIT_VERDICT, CtlError, Verdict, quote
 from .context import Ctl, command, seconds_option
 from .output import json_line, number, pairs, table, when
 
@@ -18,7 +18,7 @@ TERMINAL_CYCLE_STATES = ("completed", "failed", "aggregated")
 
 @click.group()
 def cycles() -> None:
-    """Training cycles: list them, show one, watch one run."""
+    """Training cycles: list them, show one, watch one run, read its logs."""
 
 
 def _loss(cycle: dict) -> str:
@@ -118,6 +118,12 @@ def cycles_watch(ctl: Ctl, cycle_id: str, interval_s: float, wait_s: float) -> N
 
     Exit 0 when it completed (or was aggregated), 1 when it failed. With --json, one JSON
     status per change, the last one final."""
+    follow(ctl, cycle_id, interval_s, wait_s)
+
+
+def follow(ctl: Ctl, cycle_id: str, interval_s: float, wait_s: float) -> dict:
+    """Draws the cycle's progress until it ends (`cycles watch`, `train --watch`); a failed
+    cycle raises Verdict (exit 1)."""
     tty = sys.stdout.isatty() and not ctl.json
     deadline = time.monotonic() + wait_s
     last = None
@@ -145,3 +151,30 @@ def cycles_watch(ctl: Ctl, cycle_id: str, interval_s: float, wait_s: float) -> N
         click.echo(_outcome(cycle))
     if cycle["status"] == "failed":
         raise Verdict()
+    return cycle
+
+
+def _log_line(entry) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict):
+        text = entry.get("line", entry.get("message"))
+        if isinstance(text, str):
+            return text
+    return json.dumps(entry, sort_keys=True)
+
+
+@command(cycles, "logs")
+@click.argument("cycle_id")
+def cycles_logs(ctl: Ctl, cycle_id: str) -> None:
+    """The log lines of a cycle's learn program (its record's `logs`), oldest first."""
+    cycle = ctl.client.call("GET", f"/v1/petals/status/{quote(cycle_id)}")
+    if "logs" not in cycle:
+        raise CtlError(
+            f"cycle {cycle_id}'s record has no logs: this service does not keep learn-cycle logs "
+            "(a release that reports them is needed); `cycles show` has its error and result",
+            EXIT_API,
+        )
+    logs = cycle["logs"]
+    lines = logs.splitlines() if isinstance(logs, str) else [_log_line(e) for e in logs or []]
+    ctl.out({"cycleId": cycle_id, "logs": logs}, lambda _: [click.echo(line) for line in lines])

@@ -16,6 +16,7 @@ from . import (
     cleanup,
     consensus,
     cycles,
+    datasets,
     model,
     nodes,
     preflight,
@@ -23,6 +24,7 @@ from . import (
     stats,
     status,
     telemetry,
+    train,
 )
 from .client import (
     DEFAULT_URL,
@@ -85,8 +87,10 @@ def cli(
 for _command in (
     status.status, sandbox.sandbox, stats.stats, cycles.cycles, model.model, telemetry.telemetry,
     consensus.consensus, audit.audit, agents.agents, cleanup.cleanup, preflight.preflight, nodes.nodes,
+    train.train, datasets.datasets,
 ):  # fmt: skip
     cli.add_command(_command)
+cli.add_command(model.model, name="models")  # `models create` reads as the issue and the API name it
 
 
 def main(argv: list[str] | None = None) -> int:

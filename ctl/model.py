@@ -1,15 +1,16 @@
-"""`model ls|show|rollback|export`: the shared models and their versions."""
+"""`model ls|show|rollback|export|create` (also `models ...`): the shared models and their versions."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 
 import click
 
-from .client import EXIT_API, EXIT_NOT_FOUND, CtlError
+from .client import EXIT_API, EXIT_NOT_FOUND, EXIT_USAGE, CtlError
 from .context import Ctl, command
 from .output import number, pairs, table, when
 
@@ -31,7 +32,7 @@ def _model_call(ctl: Ctl, name: str, method: str, path: str, body=None, **kwargs
 
 @click.group()
 def model() -> None:
-    """Shared models: versions, parameters, rollback, ONNX export."""
+    """Shared models: define, versions, parameters, predict, rollback, ONNX export."""
 
 
 @command(model, "ls")
@@ -124,3 +125,108 @@ def _write_atomically(target: Path, payload: bytes) -> None:
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise CtlError(f"cannot write {target}: {exc.strerror}", EXIT_API) from None
+
+
+def _spec_file(path: Path) -> dict:
+    try:
+        spec = json.loads(path.read_text())
+    except OSError as exc:
+        raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    except ValueError as exc:
+        raise CtlError(f"{path} is not JSON: {exc}", EXIT_USAGE) from None
+    if not isinstance(spec, dict):
+        raise CtlError(f"{path} must hold a JSON object (modelType, modelConfig, roundPolicy)", EXIT_USAGE)
+    return spec
+
+
+def multipart(fields: dict[str, tuple[str | None, str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body (RFC 7578) of name -> (file name or None, media type, bytes),
+    and its Content-Type."""
+    boundary = f"wondercraft-{uuid.uuid4().hex}"
+    parts = []
+    for name, (filename, media_type, data) in fields.items():
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {media_type}\r\n\r\n"
+        parts.append(head.encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+@command(model, "create")
+@click.argument("name", required=False)
+@click.option("--spec", "spec_path", type=_FILE, help="A JSON spec: modelType, modelConfig, roundPolicy.")
+@click.option("--input-dim", type=click.IntRange(1), help="modelConfig.inputDim")
+@click.option("--classes", "num_classes", type=click.IntRange(1), help="modelConfig.numClasses")
+@click.option("--hidden", help="modelConfig.hidden: layer widths, comma-separated (mlp), e.g. 32,16")
+@click.option("--min-clients", type=click.IntRange(1), help="roundPolicy.minClients")
+@click.option("--program", "program", type=_FILE, help="A learn program (.py, .tar.gz or .zip).")
+@click.option("--parameters", "parameters", type=_FILE, help="Initial tensors (.safetensors).")
+@click.option("--onnx", "onnx", type=_FILE, help="An inference graph (.onnx) for the tensors.")
+def model_create(ctl: Ctl, name: str | None, spec_path: Path | None, input_dim: int | None,
+                 num_classes: int | None, hidden: str | None, min_clients: int | None, program: Path | None,
+                 parameters: Path | None, onnx: Path | None) -> None:  # fmt: skip
+    """Define the shared model NAME (a stock family such as mlp:digits, or one with its own
+    program): version 0 and its round policy. Options override the --spec file's fields."""
+    spec = _spec_file(spec_path) if spec_path is not None else {}
+    if name is not None:
+        spec["modelType"] = name
+    if "modelType" not in spec:
+        raise CtlError(
+            "name the model: wondercraft-ctl models create NAME (or modelType in --spec)", EXIT_USAGE
+        )
+    config = (
+        spec.setdefault("modelConfig", {})
+        if (input_dim or num_classes or hidden)
+        else spec.get("modelConfig")
+    )
+    if input_dim is not None:
+        config["inputDim"] = input_dim
+    if num_classes is not None:
+        config["numClasses"] = num_classes
+    if hidden is not None:
+        try:
+            config["hidden"] = [int(width) for width in hidden.split(",") if width.strip()]
+        except ValueError:
+            raise CtlError(
+                f"--hidden must be widths separated by commas, got {hidden!r}", EXIT_USAGE
+            ) from None
+    if min_clients is not None:
+        spec.setdefault("roundPolicy", {})["minClients"] = min_clients
+    files = {"program": program, "parameters": parameters, "onnx": onnx}
+    if any(files.values()):
+        fields = {"spec": (None, "application/json", json.dumps(spec).encode())}
+        fields.update({part: (path.name, "application/octet-stream", _read(path))
+                       for part, path in files.items() if path is not None})  # fmt: skip
+        body, content_type = multipart(fields)
+        data = ctl.client.call("POST", "/v1/petals/models", payload=body, content_type=content_type)
+    else:
+        data = ctl.client.call("POST", "/v1/petals/models", spec)
+    ctl.out(data, lambda d: click.echo(f"{d['modelType']} defined at version {d['currentVersion']}: "
+                                       f"{json.dumps(d.get('signature'), sort_keys=True)}"))  # fmt: skip
+
+
+@command(model, "predict")
+@click.argument("name")
+@click.option("--inputs", "inputs", required=True,
+              help='Rows of numbers as JSON, e.g. "[[1, 2], [0, 1]]" (or @FILE to read them from FILE).')  # fmt: skip
+@_VERSION_OPTION
+def model_predict(ctl: Ctl, name: str, inputs: str, version: int | None) -> None:
+    """Run a version of NAME (default: the current one) on INPUTS; one row of outputs per input."""
+    text = _read(Path(inputs[1:])).decode() if inputs.startswith("@") else inputs
+    try:
+        rows = json.loads(text)
+    except ValueError as exc:
+        raise CtlError(f"--inputs must be JSON rows of numbers: {exc}", EXIT_USAGE) from None
+    body = {"modelType": name, "inputs": rows, **({} if version is None else {"version": version})}
+    data = _model_call(ctl, name, "POST", "/v1/petals/model/shared/predict", body)
+    ctl.out(data, lambda d: table([[i, " ".join(number(v) for v in row)] for i, row in enumerate(d["outputs"])],
+                                  ["INPUT", f"OUTPUTS (version {d['version']}, {d['provider']})"]))  # fmt: skip

@@ -69,17 +69,18 @@ async def status(services: Services) -> dict:
     }
 
 
-async def cycles(
-    services: Services, *, agent_id: str | None, status_: str | None, model: str | None, limit: int
-) -> list[dict]:
-    """Training cycles, newest first; live ones with their current progress."""
-    petals = services.petals
+async def cycle_keys(
+    services: Services, *, agent_id: str | None, status_: str | None, model: str | None
+) -> list[tuple[float, str]]:
+    """(created_at, cycle_id) of the matching training cycles, for paging."""
+    return await asyncio.to_thread(
+        cycle_rows.list_keys, services.store, agent_id=agent_id, status=status_, model=model
+    )
 
-    def query() -> list[dict]:
-        ids = cycle_rows.list_ids(services.store, agent_id=agent_id, status=status_, model=model, limit=limit)
-        return [petals.get(cycle_id) for cycle_id in ids]
 
-    return await asyncio.to_thread(query)
+async def cycles(services: Services, cycle_ids: list[str]) -> list[dict]:
+    """These training cycles, in this order; live ones with their current progress."""
+    return await asyncio.to_thread(lambda: [services.petals.get(cycle_id) for cycle_id in cycle_ids])
 
 
 def _sample(runtime: SandboxManager, sandbox) -> dict:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import re
+import secrets
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -20,6 +22,10 @@ from .store import Store
 
 GENESIS_HASH = "0" * 64
 HEAD_KEY = "audit_head"
+PSEUDONYM_KEY = "pseudonym_key"  # meta: the secret agents' pseudonyms are keyed with
+PSEUDONYM_HEX_CHARS = 12
+# Fields of an entry (at any depth of its body) that name an agent.
+AGENT_FIELDS = frozenset({"agentId", "createdBy"})
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 VERIFY_CHUNK_ROWS = 1000
 
@@ -76,6 +82,27 @@ class AuditEntry:
         }
 
 
+def pseudonym(secret: bytes, agent_id: str) -> str:
+    """A stable stand-in for another agent's id: a keyed hash, truncated."""
+    digest = hmac.new(secret, agent_id.encode(), hashlib.sha256).hexdigest()
+    return f"agent-{digest[:PSEUDONYM_HEX_CHARS]}"
+
+
+def pseudonymized(value: Any, viewer: str, secret: bytes) -> Any:
+    """`value` (an entry as JSON) with every agent id other than `viewer`'s replaced by its
+    pseudonym, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: pseudonym(secret, v)
+            if k in AGENT_FIELDS and isinstance(v, str) and v != viewer
+            else pseudonymized(v, viewer, secret)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [pseudonymized(v, viewer, secret) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
@@ -104,7 +131,8 @@ class HistoryQuery:
     kind: str | None = None
     since_ms: int | None = None
     before_seq: int | None = None
-    # Some(agent): only entries owned by nobody or by that agent; None: everything (admin).
+    # Some(agent): that agent's own entries, and the entries owned by nobody about a model it
+    # trains (has a cycle of) or defined; None: everything (admin).
     visible_to_agent: str | None = None
     limit: int = 100
 
@@ -201,8 +229,12 @@ class AuditLog:
             clauses.append("seq < ?")
             params.append(query.before_seq)
         if query.visible_to_agent is not None:
-            clauses.append("(agent_id IS NULL OR agent_id = ?)")
-            params.append(query.visible_to_agent)
+            clauses.append(
+                "(agent_id = ? OR (agent_id IS NULL AND model_name IN ("
+                "SELECT model_name FROM cycles WHERE agent_id = ? "
+                "UNION SELECT model_name FROM models WHERE created_by = ?)))"
+            )
+            params.extend([query.visible_to_agent] * 3)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._store.query(
             f"SELECT * FROM consensus_log {where} ORDER BY seq DESC LIMIT ?", (*params, query.limit)
@@ -212,6 +244,17 @@ class AuditLog:
     async def history(self, query: HistoryQuery) -> list[AuditEntry]:
         """Newest first."""
         return await asyncio.to_thread(self.history_blocking, query)
+
+    def pseudonym_secret(self) -> bytes:
+        """The service's secret for agents' pseudonyms: made once, kept in the database, so a
+        pseudonym is the same across requests and restarts and cannot be reversed without it."""
+        value = self._store.get_meta(PSEUDONYM_KEY)
+        if value is None:
+            self._store.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES(?, ?)", (PSEUDONYM_KEY, secrets.token_hex(32))
+            )
+            value = self._store.get_meta(PSEUDONYM_KEY)
+        return bytes.fromhex(value)
 
     # ---- verification ----
 

@@ -14,6 +14,7 @@ from typing import Any
 from runtime.uids import UidRange
 
 from .errors import ConfigError
+from .vocabulary import EPOCHS_MAX
 
 # ---- value parsers: each returns the parsed value or raises ValueError(expected) ----
 
@@ -178,7 +179,7 @@ class Settings:
         0.001, _number_between(0.0, 10.0), env="PETALS_DEFAULT_LEARNING_RATE"
     )
     default_batch_size: int = setting(32, _int_between(1, 65536), env="PETALS_DEFAULT_BATCH_SIZE")
-    default_epochs: int = setting(10, _int_between(1, 10000), env="PETALS_DEFAULT_EPOCHS")
+    default_epochs: int = setting(10, _int_between(1, EPOCHS_MAX), env="PETALS_DEFAULT_EPOCHS")
     sandbox_default_cpu_cores: float = setting(2.0, _number_between(0.0, 1024.0), env="SANDBOX_DEFAULT_CPU")
     sandbox_default_memory_mb: int = setting(4096, _int_between(16, 262144), env="SANDBOX_DEFAULT_MEMORY")
     sandbox_max_lifetime_s: int = setting(

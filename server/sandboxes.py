@@ -260,21 +260,20 @@ class SandboxService:
             view["finalResourceRecord"] = json.loads(row["usage"])
         return view
 
-    async def list(self, agent_id: str | None, status: str | None, limit: int) -> list[dict]:
-        def query() -> list[dict]:
-            sql, params = "SELECT sandbox_id FROM sandboxes WHERE 1 = 1", []
+    async def list_keys(self, agent_id: str | None, status: str | None) -> list[tuple[float, str]]:
+        """(created_at, sandbox_id) of every matching sandbox: what a page of the list is cut from."""
+
+        def query() -> list[tuple[float, str]]:
+            sql, params = "SELECT created_at, sandbox_id FROM sandboxes WHERE 1 = 1", []
             if agent_id is not None:
                 sql += " AND agent_id = ?"
                 params.append(agent_id)
             if status is not None:
                 sql += " AND status = ?"
                 params.append(status)
-            sql += " ORDER BY created_at DESC LIMIT ?"
-            params.append(limit)
-            return [row["sandbox_id"] for row in self.store.query(sql, params)]
+            return [(float(row["created_at"]), row["sandbox_id"]) for row in self.store.query(sql, params)]
 
-        ids = await asyncio.to_thread(query)
-        return [await self.status(sandbox_id) for sandbox_id in ids]
+        return await asyncio.to_thread(query)
 
     # ------------------------------------------------------------ execute --
 

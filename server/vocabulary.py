@@ -156,6 +156,8 @@ MEMORY_MB_MAX = 262144
 GPU_COUNT_MAX = 64
 STORAGE_MB_MAX = 1048576
 LIFETIME_S_MAX = 604800
+# Epochs one training job may ask for (trainingParams.epochs), and so PETALS_DEFAULT_EPOCHS too.
+EPOCHS_MAX = 1000
 
 # ---- round policy bounds ----
 MIN_CLIENTS_MAX = 10000

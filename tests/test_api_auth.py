@@ -61,6 +61,7 @@ SAMPLES = {
     "cycle_status": ("GET", "/v1/petals/status/{cycle}", None),
     "shared_model": ("GET", "/v1/petals/model/shared?modelType=linear:matrix", None),
     "model_versions": ("GET", "/v1/petals/model/versions?modelType=linear:matrix", None),
+    "model_evaluation": ("GET", "/v1/petals/model/shared/evaluation?modelType=linear:matrix", None),
     "predict": (
         "POST",
         "/v1/petals/model/shared/predict",
@@ -94,7 +95,7 @@ OWNED = {
     "delete_dataset",
 }
 # Shared models are readable by every agent.
-SHARED = {"shared_model", "model_versions", "predict", "list_models"}
+SHARED = {"shared_model", "model_versions", "predict", "list_models", "model_evaluation"}
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,9 @@ def server(tmp_path_factory):
         )
         assert status == 202, body
         server.cycle_id = body["cycleId"]
+        # A hold-out set, so the model's evaluation answers.
+        holdout = {"modelType": "linear:matrix", "dataBatch": [{"x": [1.0, 2.0], "y": 3.0}]}
+        assert http("POST", server.url + "/v1/petals/validation", holdout, token=ADMIN_TOKEN)[0] == 201
         server.dataset_id = _agent_a_dataset(server)
         yield server
 

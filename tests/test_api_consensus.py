@@ -4,6 +4,9 @@ which names the entry that was edited, inserted or deleted behind the service's 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import sqlite3
 import threading
 import time
@@ -12,8 +15,13 @@ from urllib.parse import urlencode
 import pytest
 
 from server.audit import AuditLog, canonical_json, entry_hash
+from server.storage import cycles as cycle_rows
+from server.storage.cycles import Cycle
 from server.store import Store
+from server.vocabulary import CycleStatus
 from tests.helpers import ADMIN_TOKEN, api_server, http, register_agent
+
+PARTICIPANTS = [{"agentId": "agent-a", "numSamples": 3}, {"agentId": "agent-b", "numSamples": 4}]
 
 
 def history(server, path: str = "/v1/consensus/history", token: str = ADMIN_TOKEN, **params):
@@ -29,14 +37,18 @@ def db(server) -> sqlite3.Connection:
     return sqlite3.connect(server.state_dir / "wondercraft.db", isolation_level=None)
 
 
-def seed_log(state_dir, entries) -> None:
-    """Appends entries through the real AuditLog while the service is stopped."""
+def seed_log(state_dir, entries, trained=()) -> None:
+    """Appends entries through the real AuditLog while the service is stopped; `trained` holds
+    (agent, model) pairs recorded as finished cycles, which make the model one the agent trains."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = Store(state_dir / "wondercraft.db")
     try:
         log = AuditLog(store)
         for kind, model, body, agent in entries:
             log.append_blocking(kind, model, body, agent_id=agent)
+        for n, (agent, model) in enumerate(trained):
+            cycle = Cycle(f"cy-seed-{n}", agent, model, CycleStatus.FAILED, {}, 0, time.time())
+            cycle_rows.insert(store, cycle)
     finally:
         store.close()
 
@@ -53,7 +65,9 @@ def server(tmp_path_factory):
             ("round.opened", "mnist", {"round": 1, "baseVersion": 0}, None),
             ("sandbox.created", None, {"sandboxId": "sb-1"}, "agent-a"),
             ("sandbox.created", None, {"sandboxId": "sb-2"}, "agent-b"),
+            ("round_proposal", "linear", {"participants": PARTICIPANTS, "createdBy": "agent-b"}, None),
         ],
+        trained=[("agent-a", "linear")],
     )
     with api_server(state) as server:
         server.tokens = {name: register_agent(server, name) for name in ("agent-a", "agent-b")}
@@ -64,8 +78,8 @@ def test_history_is_newest_first_with_hashes_that_chain(server):
     status, body, _ = history(server)
     assert status == 200
     entries = body["entries"]
-    assert body["count"] == len(entries) == 8  # six seeded plus two agent registrations
-    assert [e["seq"] for e in entries] == list(range(8, 0, -1))
+    assert body["count"] == len(entries) == 9  # seven seeded plus two agent registrations
+    assert [e["seq"] for e in entries] == list(range(9, 0, -1))
     for newer, older in zip(entries, entries[1:], strict=False):
         assert newer["prevHash"] == older["entryHash"]
     assert entries[-1]["prevHash"] == "0" * 64
@@ -79,25 +93,53 @@ def test_chat_history_is_the_same_as_consensus_history(server):
 
 def test_history_filters_model_kind_limit_before_seq_and_since(server):
     _, body, _ = history(server, modelType="linear")
-    assert [e["kind"] for e in body["entries"]] == ["model.committed", "vote", "round.opened"]
+    assert [e["kind"] for e in body["entries"]] == [
+        "round_proposal",
+        "model.committed",
+        "vote",
+        "round.opened",
+    ]
     _, body, _ = history(server, kind="round.opened")
     assert [e["modelName"] for e in body["entries"]] == ["mnist", "linear"]
     _, body, _ = history(server, limit=2)
-    assert [e["seq"] for e in body["entries"]] == [8, 7]
+    assert [e["seq"] for e in body["entries"]] == [9, 8]
     _, body, _ = history(server, beforeSeq=3)
     assert [e["seq"] for e in body["entries"]] == [2, 1]
     _, body, _ = history(server, since=int(time.time() * 1000) + 60_000)
     assert body["entries"] == []
 
 
-def test_agents_see_shared_entries_and_only_their_own(server):
-    for me, other in (("agent-a", "agent-b"), ("agent-b", "agent-a")):
-        for path in ("/v1/consensus/history", "/v1/chat/history"):
-            status, body, _ = history(server, path, token=server.tokens[me])
-            assert status == 200
-            owners = {e["agentId"] for e in body["entries"]}
-            assert owners == {None, me}, (me, owners)
-            assert other not in str(body)
+def test_an_agent_sees_its_own_entries_and_those_of_models_it_trains_with_pseudonyms(server):
+    for path in ("/v1/consensus/history", "/v1/chat/history"):
+        # agent-a trains linear: its entries, and linear's rounds, votes and commits.
+        status, body, _ = history(server, path, token=server.tokens["agent-a"])
+        assert status == 200
+        entries = body["entries"]
+        assert {e["agentId"] for e in entries} == {None, "agent-a"}
+        assert {e["modelName"] for e in entries} == {None, "linear"}  # nothing about mnist
+        assert "agent-b" not in json.dumps(body)
+        proposal = next(e for e in entries if e["kind"] == "round_proposal")
+        ids = [p["agentId"] for p in proposal["body"]["participants"]]
+        assert ids[0] == "agent-a" and ids[1] != "agent-b"
+        assert re.fullmatch(r"agent-[0-9a-f]{12}", ids[1])
+        assert proposal["body"]["createdBy"] == ids[1]  # the same agent, the same pseudonym
+        # agent-b trains nothing: only its own entries.
+        _, body, _ = history(server, path, token=server.tokens["agent-b"])
+        assert {e["agentId"] for e in body["entries"]} == {"agent-b"}
+        assert "agent-a" not in json.dumps(body)
+
+
+def test_pseudonyms_are_stable_and_the_admin_sees_the_real_ids(server):
+    def pseudonym() -> str:
+        _, body, _ = history(server, token=server.tokens["agent-a"], kind="round_proposal")
+        return body["entries"][0]["body"]["participants"][1]["agentId"]
+
+    assert pseudonym() == pseudonym()
+    _, body, _ = history(server, kind="round_proposal")
+    assert [p["agentId"] for p in body["entries"][0]["body"]["participants"]] == ["agent-a", "agent-b"]
+    assert body["entries"][0]["body"]["createdBy"] == "agent-b"
+    # Keyed: not a plain hash of the id anyone could compute.
+    assert pseudonym()[len("agent-") :] != hashlib.sha256(b"agent-b").hexdigest()[:12]
 
 
 def test_history_needs_a_token(server):
@@ -115,8 +157,8 @@ def test_untouched_chain_verifies(server):
     assert status == 200
     assert body == {
         "ok": True,
-        "entries": 8,
-        "headSeq": 8,
+        "entries": 9,
+        "headSeq": 9,
         "headHash": history(server, limit=1)[1]["entries"][0]["entryHash"],
     }
 

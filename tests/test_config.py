@@ -68,3 +68,18 @@ def test_a_bad_secret_is_refused_without_echoing_it():
         load_settings(None, {"WONDERCRAFT_ADMIN_TOKEN": "short secret"})
     assert "WONDERCRAFT_ADMIN_TOKEN=(hidden) is invalid" in str(refused.value)
     assert "short secret" not in str(refused.value)
+
+
+def test_the_default_epochs_range_is_the_per_request_bound_in_readme_openapi_and_settings():
+    from server.http.schemas.petals import PETALS
+    from server.vocabulary import EPOCHS_MAX
+
+    bound = PETALS["PetalTrainingRequest"]["properties"]["trainingParams"]["properties"]["epochs"]
+    assert (bound["minimum"], bound["maximum"]) == (1, EPOCHS_MAX)
+    row = next(
+        line for line in (REPO / "README.md").read_text().splitlines() if "`PETALS_DEFAULT_EPOCHS`" in line
+    )
+    assert f"(1–{EPOCHS_MAX}," in row
+    assert load_settings(None, {"PETALS_DEFAULT_EPOCHS": str(EPOCHS_MAX)}).default_epochs == EPOCHS_MAX
+    with pytest.raises(ConfigError, match="PETALS_DEFAULT_EPOCHS"):
+        load_settings(None, {"PETALS_DEFAULT_EPOCHS": str(EPOCHS_MAX + 1)})

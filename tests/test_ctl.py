@@ -17,6 +17,7 @@ import pytest
 
 from runtime.hostaudit import instance_of
 from runtime.sandbox import instance_name
+from server.training.caps import LEARN_CYCLE_MEMORY_MB_MIN
 from tests.helpers import ADMIN_TOKEN, api_server, clean_env, free_port, http, register_agent, wait_until
 
 CTL = str(Path(sys.executable).parent / "wondercraft-ctl")
@@ -252,10 +253,12 @@ def test_cycles_ls_and_show(server, trained):
 
 
 def test_watching_a_cycle_that_fails_exits_one_with_the_reason(server):
-    # 16 MB cannot hold the learn cycle's interpreter: the kernel's OOM killer ends it.
-    cycle_id = submit(
-        server, {**JOB, "modelType": "linear:starved", "resourceCaps": {"cpu": 1, "memory": 16}}
-    )
+    # The smallest cap a learn cycle may ask for cannot hold a ~2 M-parameter model: the kernel's
+    # OOM killer ends it.
+    starved = {"modelType": "mlp:starved", "modelConfig": {"inputDim": 2, "numClasses": 6, "hidden": [2048, 1024]},
+               "dataBatch": [{"x": [1.0, 2.0], "y": 1}], "trainingParams": {"epochs": 1},
+               "resourceCaps": {"cpu": 1, "memory": LEARN_CYCLE_MEMORY_MB_MIN}}  # fmt: skip
+    cycle_id = submit(server, starved)
     result = ctl(server, "cycles", "watch", cycle_id, "--interval", "0.1")
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert result.stdout.splitlines()[-1].startswith("failed: memory_limit")

@@ -206,6 +206,26 @@ def test_cycle_chart_shows_the_epochs_the_api_reports(tab, service):
     assert tab.errors == []
 
 
+def test_cycle_resource_table_shows_the_records_figures_against_its_caps(tab, service):
+    cycle_id = service.cycles[0]["cycleId"]
+    _, api_cycle, _ = http("GET", f"{service.url}/v1/petals/status/{cycle_id}", token=ADMIN_TOKEN)
+    record = api_cycle["result"]["resourceRecord"]
+    tab.sign_in()
+    tab.open(f"#cycles/{cycle_id}", "#cycle-resources table")
+
+    def cells(resource: str) -> list[str]:
+        row = tab.page.locator(f'#cycle-resources tr[data-resource="{resource}"] td')
+        return [row.nth(i).inner_text() for i in range(row.count())]
+
+    memory_cap = record["sandbox"]["limits"]["memoryMB"]
+    assert cells("memory peak")[2] == f"{memory_cap} MB"
+    assert cells("memory peak")[1] not in ("–", "")  # the peak the kernel recorded
+    assert cells("pids")[2] == str(record["sandbox"]["limits"]["pids"])
+    assert cells("pids")[1] not in ("–", "")
+    assert cells("ended by")[1] == record["sandbox"]["terminationReason"]
+    assert tab.errors == []
+
+
 def test_model_chart_labels_training_metrics_and_matches_the_versions(tab, service):
     _, versions, _ = http(
         "GET", f"{service.url}/v1/petals/model/versions?modelType={MODEL}", token=ADMIN_TOKEN

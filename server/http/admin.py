@@ -7,7 +7,8 @@ from aiohttp import web
 
 from .. import admin
 from .openapi import Call, Param, Reply, RouteTable, json_reply
-from .schemas import AGENT_ID, CYCLE_STATUSES, LIMIT, ref
+from .paging import CREATED_KEY, PAGE_QUERY, page_answer, page_of, page_request
+from .schemas import AGENT_ID, CYCLE_STATUSES, ref
 
 ROUTES = RouteTable(
     "admin", "Operating the service: status, cycles, live stats, sweeps and audits (admin only)"
@@ -34,20 +35,19 @@ async def admin_status(call: Call) -> web.Response:
         Param("agentId", AGENT_ID, "Only this agent's"),
         Param("status", {"enum": CYCLE_STATUSES}, "Only cycles in this state"),
         Param("modelType", ref("ModelName"), "Only cycles training this model"),
-        Param("limit", LIMIT, "At most this many"),
+        *PAGE_QUERY,
     ],
     replies=[Reply(200, "Matching cycles", ref("CycleList"))],
 )
 async def admin_cycles(call: Call) -> web.Response:
     q = call.query
-    found = await admin.cycles(
-        call.services,
-        agent_id=q.get("agentId"),
-        status_=q.get("status"),
-        model=q.get("modelType"),
-        limit=q["limit"],
+    wanted = page_request(q, "cycles", CREATED_KEY)
+    keys = await admin.cycle_keys(
+        call.services, agent_id=q.get("agentId"), status_=q.get("status"), model=q.get("modelType")
     )
-    return json_reply({"cycles": found, "count": len(found)})
+    shown, next_cursor = page_of(keys, lambda k: k, wanted, "cycles", descending=True)
+    found = await admin.cycles(call.services, [cycle_id for _, cycle_id in shown])
+    return json_reply(page_answer("cycles", found, next_cursor))
 
 
 @ROUTES.operation(

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from ..auth import act_as, agent_filter
 from .openapi import Call, Param, Reply, RouteTable, json_reply
+from .paging import CREATED_KEY, PAGE_QUERY, page_answer, page_of, page_request
 from .schemas import AGENT_ID, DATASET_NAME, ref
 
 ROUTES = RouteTable("datasets", "Training data uploaded as .npz or .safetensors files")
@@ -60,14 +61,21 @@ async def upload_dataset(call: Call) -> web.Response:
     "/v1/datasets",
     summary="List datasets (an agent's own; the admin's all, or one agent's)",
     access="agent",
-    query=[Param("agentId", AGENT_ID, "Only this agent's datasets (an agent may name only itself)")],
+    query=[
+        Param("agentId", AGENT_ID, "Only this agent's datasets (an agent may name only itself)"),
+        *PAGE_QUERY,
+    ],
     replies=[Reply(200, "Datasets, oldest first", ref("DatasetList"))],
     errors=[403],
 )
 async def list_datasets(call: Call) -> web.Response:
     owner = agent_filter(call.caller, call.query.get("agentId"))
-    datasets = [d.to_json() for d in call.services.datasets.list(owner)]
-    return json_reply({"datasets": datasets, "count": len(datasets)})
+    wanted = page_request(call.query, "datasets", CREATED_KEY)
+    shown, next_cursor = page_of(
+        call.services.datasets.list(owner), lambda d: (d.created_at, d.dataset_id), wanted, "datasets",
+        descending=False,
+    )  # fmt: skip
+    return json_reply(page_answer("datasets", [d.to_json() for d in shown], next_cursor))
 
 
 @ROUTES.operation(

@@ -8,6 +8,7 @@ from aiohttp import web
 from ..auth import act_as, ensure_visible, require_admin
 from ..errors import Forbidden
 from .openapi import Call, Param, Reply, RouteTable, json_reply
+from .paging import PAGE_QUERY, page_answer, page_of, page_request
 from .schemas import NON_NEGATIVE_INT, ref
 
 ROUTES = RouteTable("petals", "Federated training: learn cycles, rounds, consensus and the shared model")
@@ -42,12 +43,16 @@ async def create_model(call: Call) -> web.Response:
 @ROUTES.operation(
     "GET",
     "/v1/petals/models",
-    summary="The shared models, with their signatures and round policies",
+    summary="The shared models, with their signatures and round policies, by name",
     access="agent",
-    replies=[Reply(200, "Every model", ref("ModelList"))],
+    query=PAGE_QUERY,
+    replies=[Reply(200, "A page of the models", ref("ModelList"))],
 )
 async def list_models(call: Call) -> web.Response:
-    return json_reply(await call.services.petals.list_models(call.caller.agent_id))
+    wanted = page_request(call.query, "models", (str,))
+    models = (await call.services.petals.list_models(call.caller.agent_id))["models"]
+    shown, next_cursor = page_of(models, lambda m: (m["modelType"],), wanted, "models", descending=False)
+    return json_reply(page_answer("models", shown, next_cursor))
 
 
 @ROUTES.operation(
@@ -133,14 +138,39 @@ async def shared_model(call: Call) -> web.StreamResponse:
 @ROUTES.operation(
     "GET",
     "/v1/petals/model/versions",
-    summary="Every version of a shared model with its metadata",
+    summary="The versions of a shared model with their metadata, oldest first",
+    description="Each version's `metrics` are the participants' own training figures (`source: "
+    "training`); held-out figures are at /v1/petals/model/shared/evaluation.",
     access="agent",
-    query=[MODEL_QUERY[0]],
-    replies=[Reply(200, "The versions, oldest first", ref("ModelVersions"))],
+    query=[MODEL_QUERY[0], *PAGE_QUERY],
+    replies=[Reply(200, "A page of the versions, oldest first", ref("ModelVersions"))],
 )
 async def model_versions(call: Call) -> web.Response:
+    wanted = page_request(call.query, "versions", (int,))
+    found = await call.services.petals.shared.versions(call.query["modelType"], call.caller.agent_id)
+    shown, next_cursor = page_of(
+        found["versions"], lambda v: (v["version"],), wanted, "versions", descending=False
+    )
+    return json_reply({**found, "versions": shown, "count": len(shown), "nextCursor": next_cursor})
+
+
+@ROUTES.operation(
+    "GET",
+    "/v1/petals/model/shared/evaluation",
+    summary="A version's loss and accuracy on the registered hold-out set",
+    description=(
+        "Held-out figures (`source: held-out`), computed through onnxruntime on the set registered "
+        "with POST /v1/petals/validation, unlike a version's `metrics`, which are the participants' own "
+        "training figures. 404 until a hold-out set is registered."
+    ),
+    access="agent",
+    query=MODEL_QUERY,
+    replies=[Reply(200, "The version's held-out figures", ref("ModelEvaluation"))],
+    errors=[404],
+)
+async def model_evaluation(call: Call) -> web.Response:
     return json_reply(
-        await call.services.petals.shared.versions(call.query["modelType"], call.caller.agent_id)
+        await call.services.petals.shared.evaluation(call.query["modelType"], call.query.get("version"))
     )
 
 

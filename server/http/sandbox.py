@@ -7,7 +7,8 @@ from aiohttp import web
 
 from ..auth import act_as, agent_filter, ensure_visible
 from .openapi import Call, Param, Reply, RouteTable, json_reply
-from .schemas import AGENT_ID, LIMIT, ref
+from .paging import CREATED_KEY, PAGE_QUERY, page_answer, page_of, page_request
+from .schemas import AGENT_ID, ref
 
 ROUTES = RouteTable(
     "sandbox", "Isolated sandboxes (namespaces, cgroups, overlay roots) and commands run in them"
@@ -127,12 +128,16 @@ async def sandbox_status(call: Call) -> web.Response:
     query=[
         Param("agentId", AGENT_ID, "Only this agent's (an agent may name only itself)"),
         Param("status", {"enum": ["running", "destroyed"]}, "Only sandboxes in this state"),
-        Param("limit", LIMIT, "At most this many"),
+        *PAGE_QUERY,
     ],
     replies=[Reply(200, "Matching sandboxes", ref("SandboxList"))],
     errors=[403],
 )
 async def list_sandboxes(call: Call) -> web.Response:
     agent_id = agent_filter(call.caller, call.query.get("agentId"))
-    views = await call.services.sandboxes.list(agent_id, call.query.get("status"), call.query["limit"])
-    return json_reply({"sandboxes": views, "count": len(views)})
+    sandboxes = call.services.sandboxes
+    wanted = page_request(call.query, "sandboxes", CREATED_KEY)
+    keys = await sandboxes.list_keys(agent_id, call.query.get("status"))
+    shown, next_cursor = page_of(keys, lambda k: k, wanted, "sandboxes", descending=True)
+    views = [await sandboxes.status(sandbox_id) for _, sandbox_id in shown]
+    return json_reply(page_answer("sandboxes", views, next_cursor))

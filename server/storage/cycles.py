@@ -135,17 +135,16 @@ def count_by_status(store: Store) -> dict[str, int]:
     }
 
 
-def list_ids(
-    store: Store, *, agent_id: str | None, status: str | None, model: str | None, limit: int
-) -> list[str]:
-    sql, params = "SELECT cycle_id FROM cycles WHERE 1 = 1", []
+def list_keys(
+    store: Store, *, agent_id: str | None, status: str | None, model: str | None
+) -> list[tuple[float, str]]:
+    """(created_at, cycle_id) of every matching cycle: what a page of the list is cut from."""
+    sql, params = "SELECT created_at, cycle_id FROM cycles WHERE 1 = 1", []
     for clause, value in (("agent_id = ?", agent_id), ("status = ?", status), ("model_name = ?", model)):
         if value is not None:
             sql += f" AND {clause}"
             params.append(value)
-    sql += " ORDER BY created_at DESC, cycle_id LIMIT ?"
-    params.append(limit)
-    return [row["cycle_id"] for row in store.query(sql, params)]
+    return [(float(row["created_at"]), row["cycle_id"]) for row in store.query(sql, params)]
 
 
 def count_active(store: Store, model: str) -> int:

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..errors import BadRequest, Conflict
 from ..sandboxes import caps_within_limits
 from ..vocabulary import MODEL_NAME, MODEL_NAME_RULE, ModelFamily
+from .caps import LEARN_CYCLE_MEMORY_MB_MIN
 
 DEFAULT_HIDDEN = (32,)
 SINGLE_OUTPUT = (ModelFamily.LINEAR, ModelFamily.LOGISTIC)
@@ -141,6 +142,12 @@ def job_request(settings: Settings, name: str, signature: models.Signature, body
     params = body.get("trainingParams") or {}
     caps = body.get("resourceCaps") or {}
     caps_within_limits(settings, caps)
+    memory_mb = caps.get("memory", settings.sandbox_default_memory_mb)
+    if memory_mb < LEARN_CYCLE_MEMORY_MB_MIN:
+        raise BadRequest(
+            f"resourceCaps.memory is {memory_mb} MB, too little for a learn cycle's Python to start; "
+            f"the smallest that works is {LEARN_CYCLE_MEMORY_MB_MIN} MB"
+        )
     return {
         "modelType": name,
         "signature": signature.as_dict(),
@@ -150,7 +157,7 @@ def job_request(settings: Settings, name: str, signature: models.Signature, body
         "seed": body.get("seed", secrets.randbits(31)),
         "resourceCaps": {
             "cpu": caps.get("cpu", settings.sandbox_default_cpu_cores),
-            "memory": caps.get("memory", settings.sandbox_default_memory_mb),
+            "memory": memory_mb,
         },
         "numSamples": len(body["dataBatch"]),
     }

@@ -26,7 +26,7 @@ from ..storage.cycles import Cycle
 from ..storage.models import ModelInfo, ModelStore, unknown_model
 from ..store import Store
 from ..vocabulary import ACTIVE_STATUSES, RUNNING_STATUSES, CycleStatus, FailureReason
-from . import jobs, rounds, standing
+from . import caps, jobs, rounds, standing
 from .aggregate import RoundResult, aggregate_round
 from .catalog import ModelCatalog, policy_of
 from .executors import executor_from
@@ -257,7 +257,7 @@ class TrainingService:
         self, cycle: Cycle, reason: FailureReason, message: str, result: dict | None = None
     ) -> None:
         cycle.status, cycle.deltas = CycleStatus.FAILED, None
-        cycle.error = {"reason": str(reason), "message": message}
+        cycle.error = caps.cycle_error(reason, message, result, cycle.request, self.settings)
         if result:
             cycle.result = {**(cycle.result or {}), **result}
         await self._persist(cycle)

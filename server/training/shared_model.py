@@ -4,13 +4,43 @@ versions, predictions through onnxruntime; and the hold-out set validators evalu
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
 
-from ..errors import BadRequest
+from ..errors import BadRequest, NotFound
 from ..onnx_export import OnnxRunner, to_onnx
 from ..storage.models import ModelStore
 from .jobs import check_batch
+
+# Probabilities are clipped this far from 0 and 1 before a log, so a confident mistake
+# costs a large but finite loss.
+LOG_EPSILON = 1e-7
+
+
+def held_out_figures(family: str, outputs: np.ndarray, y: np.ndarray) -> dict:
+    """Loss and accuracy of a model's outputs on a hold-out set: mean squared error for linear
+    models (no accuracy), binary or categorical cross-entropy and accuracy for classifiers."""
+    if family == "linear":
+        return {"loss": float(np.mean((outputs[:, 0] - y) ** 2)), "accuracy": None, "lossKind": "mse"}
+    if family == "logistic":
+        p = np.clip(outputs[:, 0].astype(np.float64), LOG_EPSILON, 1 - LOG_EPSILON)
+        target = (y >= 0.5).astype(np.float64)
+        loss = -np.mean(target * np.log(p) + (1 - target) * np.log(1 - p))
+        accuracy = np.mean((p >= 0.5) == (target == 1))
+        return {"loss": float(loss), "accuracy": float(accuracy), "lossKind": "binary_cross_entropy"}
+    labels = y.astype(np.int64)
+    p = np.clip(outputs[np.arange(len(labels)), labels].astype(np.float64), LOG_EPSILON, 1.0)
+    accuracy = np.mean(outputs.argmax(axis=1) == labels)
+    return {"loss": float(-np.mean(np.log(p))), "accuracy": float(accuracy), "lossKind": "cross_entropy"}
+
+
+def labelled(metadata: dict) -> dict:
+    """A version's metadata with its metrics labelled by where they come from: the
+    participants' own training data (held-out figures are the evaluation endpoint's)."""
+    if not isinstance(metadata.get("metrics"), dict) or not metadata["metrics"]:
+        return metadata
+    return {**metadata, "metrics": {**metadata["metrics"], "source": "training"}}
 
 
 def visible_metadata(metadata: dict, viewer: str | None) -> dict:
@@ -40,7 +70,7 @@ class SharedModels:
             "version": version_info.version,
             "currentVersion": info.current_version,
             "signature": info.signature.as_dict(),
-            "metadata": visible_metadata(version_info.metadata, viewer),
+            "metadata": labelled(visible_metadata(version_info.metadata, viewer)),
             "parameters": {
                 name: {"shape": list(v.shape), "values": v.ravel().tolist()} for name, v in params.items()
             },
@@ -56,7 +86,8 @@ class SharedModels:
         info = await asyncio.to_thread(self.models.require, model_name)
         versions = await asyncio.to_thread(self.models.versions, model_name)
         return {"modelType": model_name, "currentVersion": info.current_version,
-                "versions": [visible_metadata(v.metadata, viewer) for v in versions]}  # fmt: skip
+                "holdoutRegistered": bool(info.holdout_path) and os.path.exists(info.holdout_path),
+                "versions": [labelled(visible_metadata(v.metadata, viewer)) for v in versions]}  # fmt: skip
 
     async def predict(self, model_name: str, inputs: list, version: int | None = None) -> dict:
         info = await asyncio.to_thread(self.models.require, model_name)
@@ -74,6 +105,22 @@ class SharedModels:
         outputs = await asyncio.to_thread(self.onnx.run, version_info.sha256, model, x.astype(np.float32))
         return {"modelType": model_name, "version": version_info.version, "outputs": outputs.tolist(),
                 "provider": self.onnx.provider}  # fmt: skip
+
+    async def evaluation(self, model_name: str, version: int | None) -> dict:
+        """A version's loss and accuracy on the registered hold-out set (not on training data)."""
+        info = await asyncio.to_thread(self.models.require, model_name)
+        holdout = await asyncio.to_thread(self.models.holdout, info)
+        if holdout is None:
+            raise NotFound(
+                f"model {model_name!r} has no hold-out set; the admin registers one with POST /v1/petals/validation"
+            )
+        x, y = holdout
+        version_info = await asyncio.to_thread(self.models.version, model_name, version)
+        model = await self.shared_model_onnx(model_name, version_info.version)
+        outputs = await asyncio.to_thread(self.onnx.run, version_info.sha256, model, x.astype(np.float32))
+        figures = held_out_figures(info.signature.family, outputs, y)
+        return {"modelType": model_name, "version": version_info.version, "source": "held-out",
+                "samples": len(y), **figures}  # fmt: skip
 
     async def register_holdout(self, model_name: str, items: list) -> dict:
         info = await asyncio.to_thread(self.models.require, model_name)

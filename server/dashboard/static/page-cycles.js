@@ -24,22 +24,31 @@ export function epochPoints(cycle, seen) {
   return [...seen.values()].sort((a, b) => a.epoch - b.epoch);
 }
 
+// The record is camelCase as the API gives it: `exec` holds the learn cycle's own figures,
+// `sandbox` the sandbox's final record (its limits, its usage, why it ended).
 function resourceTable(record) {
   if (!record) return h("p", { class: "hint", text: "No resource record yet." });
-  const sandbox = record.sandbox || record.exec || {};
-  const cg = sandbox.cgroup || {};
+  const exec = record.exec || {};
+  const sandbox = record.sandbox || {};
+  const usage = sandbox.resourceUsage || {};
   const limits = sandbox.limits || {};
-  const cpuSeconds = (cg.cpu_user_s || 0) + (cg.cpu_system_s || 0);
+  const either = (key) => exec[key] ?? usage[key];
+  const cap = (value, unit) => (value === undefined || value === null ? "–" : `${value} ${unit}`);
+  const wall = sandbox.wallSeconds ?? exec.wallSeconds;
   const rows = [
-    ["memory peak", bytes(cg.memory_peak_bytes), limits.memory_mb !== undefined ? `${limits.memory_mb} MB` : "–"],
-    ["CPU time", `${cpuSeconds.toFixed(3)} s over ${fmt(sandbox.wall_s)} s wall`, limits.cpu_cores !== undefined ? `${limits.cpu_cores} cores` : "–"],
-    ["pids", fmt(cg.pids_peak ?? cg.pids_current), fmt(limits.pids)],
-    ["storage", "–", limits.storage_mb !== undefined ? `${limits.storage_mb} MB` : "–"],
-    ["GPUs", "–", fmt(limits.gpu_count)],
-    ["OOM kills / pids limit hits", `${fmt(cg.oom_kills)} / ${fmt(cg.pids_max_events)}`, ""],
-    ["ended by", fmt(sandbox.termination_reason), ""],
+    ["memory peak", bytes(either("memoryPeakBytes")), cap(limits.memoryMB, "MB")],
+    ["CPU time", `${fmt(either("cpuSeconds"))} s over ${fmt(wall)} s wall`, cap(limits.cpuCores, "cores")],
+    ["pids", fmt(either("pidsPeak") ?? either("pidsCurrent")), fmt(limits.pids)],
+    ["storage", "–", cap(limits.storageMB, "MB")],
+    ["GPUs", "–", fmt(limits.gpuCount)],
+    ["OOM kills / pids limit hits", `${fmt(either("oomKills"))} / ${fmt(either("pidsLimitHits"))}`, ""],
+    ["ended by", fmt(sandbox.terminationReason), ""],
   ];
-  return table([{ label: "resource", value: (r) => r[0] }, { label: "used", value: (r) => r[1] }, { label: "cap", value: (r) => r[2] }], rows);
+  return table(
+    [{ label: "resource", value: (r) => r[0] }, { label: "used", value: (r) => r[1] }, { label: "cap", value: (r) => r[2] }],
+    rows,
+    (r) => ({ dataset: { resource: r[0] } }),
+  );
 }
 
 function logLines(cycle, events) {

@@ -14,11 +14,12 @@ async function modelNames() {
   return [...new Set(history.entries.map((e) => e.modelName).filter(Boolean))];
 }
 
-// Held-out figures per version: from the evaluation endpoint where the service has one, else
-// from a version's own held-out fields (never its training metrics).
-async function heldOut(modelType, versions) {
+// Held-out figures per version: from the evaluation endpoint where the service has one and a
+// hold-out set is registered (it answers 404 before), else from a version's own held-out
+// fields (never its training metrics).
+async function heldOut(modelType, versions, registered) {
   const figures = new Map();
-  const useEndpoint = await hasPath(EVALUATION_PATH);
+  const useEndpoint = registered !== false && (await hasPath(EVALUATION_PATH));
   for (const v of versions) {
     let found = v.evaluation || v.heldOut || v.holdout || null;
     if (!found && useEndpoint) {
@@ -60,7 +61,7 @@ async function roundsTable(modelType) {
 async function showModel(root, page, modelType) {
   const data = await get(`/v1/petals/model/versions${query({ modelType })}`);
   const versions = data.versions;
-  const held = await heldOut(modelType, versions);
+  const held = await heldOut(modelType, versions, data.holdoutRegistered);
   const trained = versions.filter((v) => v.metrics && v.metrics.loss !== undefined);
   const series = { "training loss": [], "training accuracy": [] };
   if (held.size) Object.assign(series, { "held-out loss": [], "held-out accuracy": [] });

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import NON_NEGATIVE_INT, listing, ref
+from .base import NON_NEGATIVE_INT, listing, paged, ref
 from .sandboxes import _NULLABLE_NUMBER
 
 _COUNTS = {"type": "object", "additionalProperties": NON_NEGATIVE_INT}
@@ -90,7 +90,7 @@ ADMIN: dict[str, dict[str, Any]] = {
             },
         },
     },
-    "CycleList": listing("cycles", "CycleStatus"),
+    "CycleList": paged("cycles", "CycleStatus"),
     "SandboxSample": {
         "type": "object",
         "required": [

@@ -32,6 +32,11 @@ def listing(key: str, item: str) -> dict[str, Any]:
     }
 
 
+def paged(key: str, item: str) -> dict[str, Any]:
+    """A page of a list: `listing` with the cursor of the next page (null on the last one)."""
+    return extended(listing(key, item), ("nextCursor",), nextCursor=NEXT_CURSOR)
+
+
 def nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
@@ -52,6 +57,10 @@ TIMESTAMP_MS = {
 SEQ = {"type": "integer", "minimum": 1, "maximum": MAX_SEQ}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 100}
 NON_NEGATIVE_INT = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
+NEXT_CURSOR = {
+    "anyOf": [{"type": "string"}, {"type": "null"}],
+    "description": "Give it as `cursor` for the next page; null: this is the last page",
+}
 
 
 def extended(schema: dict[str, Any], required: tuple[str, ...] = (), **properties: Any) -> dict[str, Any]:

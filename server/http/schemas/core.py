@@ -18,6 +18,7 @@ from .base import (
     extended,
     listing,
     nullable,
+    paged,
     ref,
 )
 
@@ -222,7 +223,7 @@ CORE: dict[str, dict[str, Any]] = {
             "entryHash": {"type": "string", "pattern": SHA256_PATTERN},
         },
     },
-    "AuditHistory": listing("entries", "AuditEntry"),
+    "AuditHistory": paged("entries", "AuditEntry"),
     "AuditVerification": {
         "type": "object",
         "required": ["ok", "entries", "headSeq", "headHash"],

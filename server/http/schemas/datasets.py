@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...vocabulary import DATASET_ID_PATTERN, DATASET_NAME_PATTERN
-from .base import NON_NEGATIVE_INT, SHA256_PATTERN, listing, ref
+from .base import NON_NEGATIVE_INT, SHA256_PATTERN, paged, ref
 
 DATASET_ID = {"type": "string", "pattern": DATASET_ID_PATTERN, "description": "A dataset's id"}
 DATASET_NAME = {
@@ -54,5 +54,5 @@ DATASETS: dict[str, dict[str, Any]] = {
             "createdAt": ref("TimestampMs"),
         },
     },
-    "DatasetList": listing("datasets", "Dataset"),
+    "DatasetList": paged("datasets", "Dataset"),
 }

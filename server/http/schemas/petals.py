@@ -9,7 +9,7 @@ from aggregation.strategies import METHODS as AGGREGATION_METHODS
 
 from ... import vocabulary as words
 from ...training.federation import OPTIMIZERS as SERVER_OPTIMIZERS
-from .base import NON_NEGATIVE_INT, SHA256_PATTERN, listing, nullable, ref
+from .base import NEXT_CURSOR, NON_NEGATIVE_INT, SHA256_PATTERN, nullable, paged, ref
 from .sandboxes import _CPU, _MEMORY, _NULLABLE_INT
 
 CYCLE_STATUSES = [str(s) for s in words.CycleStatus]
@@ -157,7 +157,7 @@ _TRAINING_PROPERTIES = {
         "properties": {
             "learningRate": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
             "batchSize": {"type": "integer", "minimum": 1, "maximum": 65536},
-            "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "epochs": {"type": "integer", "minimum": 1, "maximum": words.EPOCHS_MAX},
         },
     },
     "modelConfig": _MODEL_CONFIG,
@@ -205,7 +205,7 @@ PETALS: dict[str, dict[str, Any]] = {
             "deleted": {"const": True},
         },
     },
-    "ModelList": listing("models", "Model"),
+    "ModelList": paged("models", "Model"),
     "TrainAccepted": {
         "type": "object",
         "required": ["cycleId", "status", "baseVersion"],
@@ -244,6 +244,23 @@ PETALS: dict[str, dict[str, Any]] = {
             "signature": {"type": "object"},
             "metadata": {"type": "object"},
             "parameters": {"type": "object"},
+        },
+    },
+    "ModelEvaluation": {
+        "type": "object",
+        "required": ["modelType", "version", "source", "samples", "loss", "accuracy", "lossKind"],
+        "additionalProperties": False,
+        "properties": {
+            "modelType": ref("ModelName"),
+            "version": NON_NEGATIVE_INT,
+            "source": {"const": "held-out", "description": "Where the figures come from"},
+            "samples": NON_NEGATIVE_INT,
+            "loss": {"type": "number", "description": "Mean loss over the hold-out set (lossKind)"},
+            "accuracy": {
+                "anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}],
+                "description": "Share classified right (null for linear models)",
+            },
+            "lossKind": {"enum": ["mse", "binary_cross_entropy", "cross_entropy"]},
         },
     },
     "PredictRequest": {
@@ -302,12 +319,18 @@ PETALS: dict[str, dict[str, Any]] = {
     },
     "ModelVersions": {
         "type": "object",
-        "required": ["modelType", "currentVersion", "versions"],
+        "required": ["modelType", "currentVersion", "holdoutRegistered", "versions", "count", "nextCursor"],
         "additionalProperties": False,
         "properties": {
             "modelType": ref("ModelName"),
             "currentVersion": NON_NEGATIVE_INT,
+            "holdoutRegistered": {
+                "type": "boolean",
+                "description": "Whether a hold-out set is registered: /v1/petals/model/shared/evaluation answers",
+            },
             "versions": {"type": "array", "items": {"type": "object"}},
+            "count": NON_NEGATIVE_INT,
+            "nextCursor": NEXT_CURSOR,
         },
     },
 }

@@ -6,7 +6,7 @@ from typing import Any
 
 from ... import vocabulary as words
 from ...vocabulary import ENV_NAME_PATTERN, NO_NUL_PATTERN, SANDBOX_ID_PATTERN
-from .base import NON_NEGATIVE_INT, listing, ref
+from .base import NON_NEGATIVE_INT, paged, ref
 
 _CPU = {
     "type": "number",
@@ -107,7 +107,7 @@ SANDBOXES: dict[str, dict[str, Any]] = {
             "finalResourceRecord": {"type": "object"},
         },
     },
-    "SandboxList": listing("sandboxes", "Sandbox"),
+    "SandboxList": paged("sandboxes", "Sandbox"),
     "ExecResult": {
         "type": "object",
         "required": [
