@@ -30,6 +30,7 @@ SAMPLES = {
     "update_agent": ("PATCH", "/v1/agents/matrix-victim", {"modelAuthor": False}),
     "list_agents": ("GET", "/v1/agents", None),
     "revoke_agent": ("DELETE", "/v1/agents/matrix-victim", None),
+    "reinstate_agent": ("POST", "/v1/agents/matrix-victim/reinstate", {}),
     "telemetry_events": ("GET", "/v1/telemetry/training?agentId=agent-a", None),
     "record_telemetry": (
         "POST",
@@ -81,6 +82,7 @@ SAMPLES = {
     "admin_cycles": ("GET", "/v1/admin/cycles?agentId=agent-a", None),
     "admin_stats": ("GET", "/v1/admin/stats", None),
     "admin_cleanup": ("POST", "/v1/admin/cleanup", None),
+    "admin_nodes": ("GET", "/v1/admin/nodes", None),
     "audit_sandbox": ("GET", "/v1/admin/audit/sandbox/{sandbox}", None),
     "audit_host": ("GET", "/v1/admin/audit/host", None),
 }
@@ -191,10 +193,10 @@ def _call(server, operation_id: str, token: str | None):
         stream.close()
         return stream.status, getattr(stream, "body", None), stream.headers
     # The admin's calls really register and revoke: give each a fresh agent.
-    if operation_id in ("revoke_agent", "update_agent") and token == ADMIN_TOKEN:
+    if operation_id in ("revoke_agent", "update_agent", "reinstate_agent") and token == ADMIN_TOKEN:
         victim = f"victim-{next(UNIQUE)}"
         register_agent(server, victim)
-        path = f"/v1/agents/{victim}"
+        path = path.replace("matrix-victim", victim)
     if "{n}" in path or "{n}" in str(body):
         unique = str(next(UNIQUE))
         path = path.replace("{n}", unique)
@@ -248,6 +250,8 @@ def test_open_operations_are_exactly_health_and_the_document(operations):
         "admin_cycles",
         "admin_stats",
         "admin_cleanup",
+        "admin_nodes",
+        "reinstate_agent",
         "audit_sandbox",
         "audit_host",
     }
@@ -325,7 +329,7 @@ def test_registering_returns_the_token_once_and_listing_never_shows_it(server):
     status, listing, _ = http("GET", server.url + "/v1/agents", token=ADMIN_TOKEN)
     assert status == 200
     entry = next(a for a in listing["agents"] if a["agentId"] == "lister")
-    assert set(entry) == {"agentId", "active", "createdAt", "revokedAt", "modelAuthor"}
+    assert set(entry) == {"agentId", "active", "createdAt", "revokedAt", "modelAuthor", "standing"}
     assert token not in str(listing)
     # The token works for reads as that agent.
     status, _, _ = http("GET", server.url + "/v1/telemetry/training", token=token)
