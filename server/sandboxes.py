@@ -37,7 +37,7 @@ from .sandbox_views import (
     resource_usage,
     sandbox_view,
 )
-from .staging import learn_binds, write_inputs
+from .staging import cycle_binds, write_inputs
 from .store import Store
 
 log = logging.getLogger("wondercraft.sandboxes")
@@ -177,8 +177,8 @@ class SandboxService:
         info, request, x, y = await self.petals.prepare(config)
         base = await asyncio.to_thread(self.petals.models.version, info.name, info.current_version)
         sandbox_id = f"sb-{secrets.token_hex(6)}"
-        data_dir = self._inputs / sandbox_id / "data"
-        await asyncio.to_thread(write_inputs, data_dir, request, x, y)
+        cycle_dir = self._inputs / sandbox_id
+        await asyncio.to_thread(write_inputs, cycle_dir, request, x, y)
         training = {
             "sandboxId": sandbox_id,
             "modelType": info.name,
@@ -186,7 +186,7 @@ class SandboxService:
             "command": list(self.settings.learn_command),
             "seed": request["seed"],
         }
-        return training, learn_binds(data_dir, base.path)
+        return training, cycle_binds(cycle_dir, base.path)
 
     def _view(self, sandbox: Sandbox) -> dict:
         return sandbox_view(sandbox, self._training.get(sandbox.id))

@@ -51,7 +51,7 @@ class FailureReason(StrEnum):
     LIFETIME = TerminationReason.LIFETIME.value
     KILLED = TerminationReason.KILLED.value
     CRASHED = "crashed"
-    INVALID_RESULT = "invalid_result"
+    BAD_OUTPUT = "bad_output"  # the program's /out broke the contract: never retried, never aggregated
     SANDBOX_START = "sandbox_start"
     OVER_BUDGET = "over_budget"  # the host's admission budget could never hold the job's caps
     INTERNAL = "internal"

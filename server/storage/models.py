@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import safetensors.numpy
 
 from rootfs import models
 
+from ..artifacts import tensors as tensor_files
 from ..errors import Conflict, NotFound
 from ..store import Store
 
@@ -83,11 +85,19 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def params_to_bytes(params: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(
-        buffer, **{name: np.ascontiguousarray(value, dtype=np.float32) for name, value in params.items()}
+    """A version's file: .safetensors, float32, the model's tensor order in its metadata; the
+    very file a learn cycle sees at /model/base.safetensors."""
+    return tensor_files.encode_tensors(
+        {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in params.items()}
     )
-    return buffer.getvalue()
+
+
+def params_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    header = tensor_files.parse_header(
+        data, len(data), max_header_bytes=len(data), max_tensors=tensor_files.DEFAULT_MAX_TENSORS
+    )
+    decoded = safetensors.numpy.load(data)
+    return {name: decoded[name] for name in header.order}
 
 
 class ModelStore:
@@ -170,7 +180,7 @@ class ModelStore:
         params = models.initial_parameters(signature, name)
         data = params_to_bytes(params)
         digest = hashlib.sha256(data).hexdigest()
-        path = self._dir(name) / f"v0-{digest[:16]}.npz"
+        path = self._dir(name) / f"v0-{digest[:16]}.safetensors"
         write_atomically(path, data)
         now = time.time()
         metadata = {"version": 0, "parentVersion": None, "aggregationMethod": None, "participants": [],
@@ -222,8 +232,7 @@ class ModelStore:
             raise RuntimeError(
                 f"model file {info.path} does not match its recorded sha256; refusing to use it"
             )
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        return params_from_bytes(data)
 
     def commit(
         self, name: str, params: dict[str, np.ndarray], parent: int, metadata: dict, conn_hook=None
@@ -236,7 +245,7 @@ class ModelStore:
             version = conn.execute(
                 "SELECT COALESCE(MAX(version), -1) + 1 FROM model_versions WHERE model_name = ?", (name,)
             ).fetchone()[0]
-            path = self._dir(name) / f"v{version}-{digest[:16]}.npz"
+            path = self._dir(name) / f"v{version}-{digest[:16]}.safetensors"
             write_atomically(path, data)
             record = {**metadata, "version": version, "parentVersion": parent, "sha256": digest}
             now = time.time()

@@ -137,10 +137,11 @@ def check_shape(body: dict) -> None:
 
 
 def job_request(settings: Settings, name: str, signature: models.Signature, body: dict) -> dict[str, Any]:
-    """The job description the learn cycle reads (/data/job.json); caps checked against the host."""
+    """The cycle's request (staging.job_description makes /job.json of it); caps checked against
+    the host."""
     params = body.get("trainingParams") or {}
     caps = body.get("resourceCaps") or {}
-    caps_within_limits(settings, caps)
+    granted = caps_within_limits(settings, caps)
     return {
         "modelType": name,
         "signature": signature.as_dict(),
@@ -151,6 +152,9 @@ def job_request(settings: Settings, name: str, signature: models.Signature, body
         "resourceCaps": {
             "cpu": caps.get("cpu", settings.sandbox_default_cpu_cores),
             "memory": caps.get("memory", settings.sandbox_default_memory_mb),
+            # The storage cap bounds what the program may write, /out included.
+            "storage": granted.storage_mb,
+            "pids": granted.pids,
         },
         "numSamples": len(body["dataBatch"]),
     }

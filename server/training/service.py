@@ -88,7 +88,7 @@ class TrainingService:
         recovered = []
         for cycle in cycle_rows.unfinished(self.store):
             cycle.status, cycle.result = CycleStatus.QUEUED, None
-            if not (self._work_dir / cycle.cycle_id / "data" / "job.json").exists():
+            if not (self._work_dir / cycle.cycle_id / "job.json").exists():
                 self._fail_blocking(cycle, FailureReason.LOST, "the cycle's inputs were lost in a restart")
             elif cycle.attempts > self.settings.petals_max_retries:
                 message = f"interrupted {cycle.attempts} times (service restarts); giving up"
@@ -163,7 +163,7 @@ class TrainingService:
         cycle = Cycle(f"cy-{secrets.token_hex(8)}", agent_id, info.name, CycleStatus.QUEUED, request,
                       info.current_version, time.time())  # fmt: skip
         try:
-            await asyncio.to_thread(write_inputs, self._work_dir / cycle.cycle_id / "data", request, x, y)
+            await asyncio.to_thread(write_inputs, self._work_dir / cycle.cycle_id, request, x, y)
             await asyncio.to_thread(cycle_rows.insert, self.store, cycle)
         except BaseException:
             await asyncio.to_thread(self.cleanup_inputs, cycle.cycle_id)
@@ -205,7 +205,7 @@ class TrainingService:
         self._set_gauges()
         base = await asyncio.to_thread(self.models.version, cycle.model_name, cycle.base_version)
         spec = AttemptSpec(cycle.cycle_id, cycle.agent_id, cycle.attempts, cycle.request,
-                           self._work_dir / cycle.cycle_id / "data", base.path, cycle.base_version)  # fmt: skip
+                           self._work_dir / cycle.cycle_id, base.path, cycle.base_version)  # fmt: skip
 
         def on_sandbox(sandbox_id: str) -> None:
             cycle.sandbox_id = sandbox_id
