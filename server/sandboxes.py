@@ -102,7 +102,7 @@ class SandboxService:
         binds: tuple[mounts.Bind, ...] = ()
         training = None
         if body.get("trainingConfig") is not None:
-            training, binds = await self._prepare_training(body["trainingConfig"])
+            training, binds = await self._prepare_training(agent_id, body["trainingConfig"])
         spec = SandboxSpec(agent_id=agent_id, caps=caps, network=body.get("network", "isolated"),
                            lifetime_s=float(lifetime), binds=binds)  # fmt: skip
         try:
@@ -169,12 +169,12 @@ class SandboxService:
             self.metrics.forget_sandbox(sandbox.id)
             self.metrics.sandboxes_active.set(self._active_count())
 
-    async def _prepare_training(self, config: dict) -> tuple[dict, tuple[mounts.Bind, ...]]:
+    async def _prepare_training(self, agent_id: str, config: dict) -> tuple[dict, tuple[mounts.Bind, ...]]:
         if self.petals is None:
             raise BadRequest("trainingConfig needs the petals service")
         import secrets
 
-        info, request, x, y = await self.petals.prepare(config)
+        info, request, x, y = await self.petals.prepare(config, agent_id)
         base = await asyncio.to_thread(self.petals.models.version, info.name, info.current_version)
         sandbox_id = f"sb-{secrets.token_hex(6)}"
         cycle_dir = self._inputs / sandbox_id
@@ -186,7 +186,11 @@ class SandboxService:
             "command": list(self.settings.learn_command),
             "seed": request["seed"],
         }
-        return training, cycle_binds(cycle_dir, base.path)
+        data_dir = None
+        if "datasetId" in request:
+            datasets = self.petals.preparer.datasets
+            data_dir = datasets.directory(await asyncio.to_thread(datasets.get, request["datasetId"]))
+        return training, cycle_binds(cycle_dir, base.path, data_dir=data_dir)
 
     def _view(self, sandbox: Sandbox) -> dict:
         return sandbox_view(sandbox, self._training.get(sandbox.id))

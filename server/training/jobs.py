@@ -156,7 +156,7 @@ def job_request(settings: Settings, name: str, signature: models.Signature, body
             "storage": granted.storage_mb,
             "pids": granted.pids,
         },
-        "numSamples": len(body["dataBatch"]),
+        "numSamples": len(body.get("dataBatch") or ()),  # a dataset's rows are set by its caller
     }
 
 

@@ -23,12 +23,13 @@ from ..errors import NotFound, TooManyRequests
 from ..staging import write_inputs
 from ..storage import cycles as cycle_rows
 from ..storage.cycles import Cycle
-from ..storage.models import ModelInfo, ModelStore, unknown_model
+from ..storage.models import ModelStore
 from ..store import Store
 from ..vocabulary import ACTIVE_STATUSES, RUNNING_STATUSES, CycleStatus, FailureReason
-from . import jobs, rounds
+from . import rounds
 from .aggregate import RoundResult, aggregate_round
 from .catalog import ModelCatalog, policy_of
+from .prepare import JobPreparer, PreparedJob
 from .runner import AttemptSpec, CycleOutcome, Progress, Verdict, run_attempt
 from .scheduler import CycleHooks, RetryPolicy, Scheduler
 from .shared_model import SharedModels
@@ -52,6 +53,7 @@ class TrainingService:
         self._events: asyncio.Queue[rounds.Event] = asyncio.Queue()
         self.book = rounds.RoundBook()
         self.catalog = ModelCatalog(settings, store, self.models, self._events.put_nowait, audit)
+        self.preparer = JobPreparer(settings, self.models, self.catalog.announce)  # datasets: set by the app
         self._work_dir = Path(state_dir) / "cycles"
         self._cycles: dict[str, Cycle] = {}  # live ones; finished ones are read from the store
         self._consumer: asyncio.Task | None = None
@@ -128,29 +130,14 @@ class TrainingService:
 
     # ---- submission ----
 
-    async def prepare(self, body: dict) -> tuple[ModelInfo, dict, object, object]:
-        """A PetalTrainingRequest checked against its model (created here only with
-        autoCreateModels): the model, the job description, and the batch as arrays."""
-        family, name = jobs.parse_model_type(body["modelType"])
-        jobs.check_shape(body)
-        existing = await asyncio.to_thread(self.models.get, name)
-        if existing is None and not self.settings.auto_create_models:
-            raise await asyncio.to_thread(self._unknown, name)
-        signature = jobs.job_signature(self.settings, family, body, existing.signature if existing else None)
-        if existing is not None:
-            jobs.check_same_signature(name, existing.signature, signature)
-        request = jobs.job_request(self.settings, name, signature, body)
-        x, y = await asyncio.to_thread(jobs.check_batch, signature, body["dataBatch"])
-        if existing is not None:
-            return existing, request, x, y
-        # Only a request valid in every other respect may create the model.
-        info, created = await asyncio.to_thread(self.models.ensure, name, signature)
-        if created:
-            await self.catalog.announce(info, None)
-        return info, request, x, y
+    async def prepare(self, body: dict, agent_id: str | None = None) -> PreparedJob:
+        """A PetalTrainingRequest checked against its model (see prepare.py)."""
+        return await self.preparer.prepare(body, agent_id)
 
-    def _unknown(self, name: str) -> NotFound:
-        return unknown_model(name, self.models.names())
+    def dataset_in_use(self, dataset_id: str) -> bool:
+        """The DatasetService's hook: a queued or running cycle trains on the dataset."""
+        return any(c.request.get("datasetId") == dataset_id and c.status in ACTIVE_STATUSES
+                   for c in self._cycles.values())  # fmt: skip
 
     async def submit(self, agent_id: str, body: dict) -> dict:
         if self._stopping:
@@ -159,7 +146,7 @@ class TrainingService:
         if len(self.scheduler.queue) >= depth:
             raise TooManyRequests(f"the training queue is full ({depth} cycles waiting); retry later",
                                   retry_after_s=max(1, int(self.settings.petals_retry_base_delay_s * 4)))  # fmt: skip
-        info, request, x, y = await self.prepare(body)
+        info, request, x, y = await self.prepare(body, agent_id)
         cycle = Cycle(f"cy-{secrets.token_hex(8)}", agent_id, info.name, CycleStatus.QUEUED, request,
                       info.current_version, time.time())  # fmt: skip
         try:
@@ -204,8 +191,12 @@ class TrainingService:
         await self._persist(cycle)
         self._set_gauges()
         base = await asyncio.to_thread(self.models.version, cycle.model_name, cycle.base_version)
+        data_dir = None
+        if "datasetId" in cycle.request:  # kept while the cycle is active (dataset_in_use)
+            dataset = await asyncio.to_thread(self.preparer.datasets.get, cycle.request["datasetId"])
+            data_dir = str(self.preparer.datasets.directory(dataset))
         spec = AttemptSpec(cycle.cycle_id, cycle.agent_id, cycle.attempts, cycle.request,
-                           self._work_dir / cycle.cycle_id, base.path, cycle.base_version)  # fmt: skip
+                           self._work_dir / cycle.cycle_id, base.path, cycle.base_version, data_dir)  # fmt: skip
 
         def on_sandbox(sandbox_id: str) -> None:
             cycle.sandbox_id = sandbox_id

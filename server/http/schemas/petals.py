@@ -96,9 +96,10 @@ _TRAINING_PROPERTIES = {
 PETALS: dict[str, dict[str, Any]] = {
     "PetalTrainingRequest": {
         "type": "object",
-        "required": ["dataBatch", "modelType"],
+        "required": ["modelType"],
         "additionalProperties": False,
-        "properties": _TRAINING_PROPERTIES,
+        "description": "Exactly one of dataBatch or datasetId (a dataset of the caller's, bound read-only at /data)",
+        "properties": {**_TRAINING_PROPERTIES, "datasetId": ref("DatasetId")},
     },
     "RoundPolicy": _ROUND_POLICY,
     "ModelCreateRequest": {
@@ -154,6 +155,10 @@ PETALS: dict[str, dict[str, Any]] = {
             "progress": {"type": "object"},
             "result": {"type": "object"},
             "error": {"type": "object"},
+            "logs": {
+                "type": "string",
+                "description": "The program's stdout and stderr (progress lines left out), their tails kept",
+            },
         },
     },
     "SharedModel": {
