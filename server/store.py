@@ -131,6 +131,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE models ADD COLUMN created_by TEXT;
     ALTER TABLE agents ADD COLUMN model_author INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: a model with its own program: its program, entrypoints, hyperparameters and ONNX graph
+    # (JSON); NULL for the built-in families' models.
+    """
+    ALTER TABLE models ADD COLUMN program TEXT;
+    """,
 ]
 
 

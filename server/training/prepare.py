@@ -63,12 +63,11 @@ class JobPreparer:
         if ("dataBatch" in body) == ("datasetId" in body):
             raise BadRequest("a training job takes exactly one of dataBatch or datasetId")
         family, name = jobs.parse_model_type(body["modelType"])
+        if family is None:
+            return await self._prepare_program_job(name, body, agent_id)
         dataset = None
         if "datasetId" in body:
-            if self.datasets is None:
-                raise BadRequest("datasetId needs the datasets service")
-            # Another agent's dataset is not found, as if it did not exist.
-            dataset = await asyncio.to_thread(self.datasets.get, body["datasetId"], agent_id)
+            dataset = await self._dataset(body, agent_id)
             rows, width = dataset_shape(dataset, family)
         else:
             jobs.check_shape(body)
@@ -92,6 +91,33 @@ class JobPreparer:
         info, created = await asyncio.to_thread(self.models.ensure, name, signature)
         if created:
             await self.announce(info, None)
+        return PreparedJob(info, request, x, y)
+
+    async def _dataset(self, body: dict, agent_id: str | None):
+        if self.datasets is None:
+            raise BadRequest("datasetId needs the datasets service")
+        # Another agent's dataset is not found, as if it did not exist.
+        return await asyncio.to_thread(self.datasets.get, body["datasetId"], agent_id)
+
+    async def _prepare_program_job(self, name: str, body: dict, agent_id: str | None) -> PreparedJob:
+        """A job for a model with its own program: its data is a dataset (any arrays) or a
+        dataBatch (rows of numbers of one width) written as batch.npz; the model's
+        hyperparameters go to /job.json."""
+        info = await asyncio.to_thread(self.models.get, name)
+        if info is None or info.program is None:
+            raise BadRequest(
+                f"modelType {name!r} names no registered model; a built-in family's model is "
+                "family or family:name, a model with its own program is registered first"
+            )
+        if body.get("modelConfig"):
+            raise BadRequest(f"modelConfig applies to built-in families only, not to {name!r}")
+        request = jobs.job_request(self.settings, name, None, body)
+        request["hyperparameters"] = dict(info.program.get("hyperparameters") or {})
+        if "datasetId" in body:
+            dataset = await self._dataset(body, agent_id)
+            request["datasetId"], request["numSamples"] = dataset.dataset_id, max(dataset.num_rows, 1)
+            return PreparedJob(info, request, None, None)
+        x, y = await asyncio.to_thread(jobs.check_rows, body["dataBatch"])
         return PreparedJob(info, request, x, y)
 
     def _signature(

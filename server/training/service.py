@@ -121,6 +121,9 @@ class TrainingService:
     async def create_model(self, created_by: str | None, body: dict) -> dict:
         return await self.catalog.create(created_by, body)
 
+    async def create_program_model(self, created_by: str | None, upload) -> dict:
+        return await self.catalog.create_with_program(created_by, upload, self._work_dir.parent)
+
     async def list_models(self, viewer: str | None = None) -> dict:
         return await self.catalog.list(viewer)
 
@@ -195,8 +198,10 @@ class TrainingService:
         if "datasetId" in cycle.request:  # kept while the cycle is active (dataset_in_use)
             dataset = await asyncio.to_thread(self.preparer.datasets.get, cycle.request["datasetId"])
             data_dir = str(self.preparer.datasets.directory(dataset))
+        program = (await asyncio.to_thread(self.models.require, cycle.model_name)).program or {}
         spec = AttemptSpec(cycle.cycle_id, cycle.agent_id, cycle.attempts, cycle.request,
-                           self._work_dir / cycle.cycle_id, base.path, cycle.base_version, data_dir)  # fmt: skip
+                           self._work_dir / cycle.cycle_id, base.path, cycle.base_version, data_dir,
+                           program.get("programDir"), tuple(program.get("entrypoint") or ()))  # fmt: skip
 
         def on_sandbox(sandbox_id: str) -> None:
             cycle.sandbox_id = sandbox_id

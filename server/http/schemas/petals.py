@@ -10,6 +10,18 @@ from .base import NON_NEGATIVE_INT, SHA256_PATTERN, listing, nullable, ref
 from .sandboxes import _CPU, _MEMORY, _NULLABLE_INT
 
 CYCLE_STATUSES = [str(s) for s in words.CycleStatus]
+_ENTRYPOINT = {
+    "description": "The command run in the sandbox: an argv list, or one string split as a shell would",
+    "anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": 4096},
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 64,
+            "items": {"type": "string", "minLength": 1, "maxLength": 4096},
+        },
+    ],
+}
 _MODEL_CONFIG = {
     "type": "object",
     "additionalProperties": False,
@@ -102,6 +114,42 @@ PETALS: dict[str, dict[str, Any]] = {
         "properties": {**_TRAINING_PROPERTIES, "datasetId": ref("DatasetId")},
     },
     "RoundPolicy": _ROUND_POLICY,
+    "ModelProgramSpec": {
+        "type": "object",
+        "required": ["modelType", "entrypoint"],
+        "additionalProperties": False,
+        "description": "The `spec` part of a multipart model registration",
+        "properties": {
+            "modelType": {
+                "type": "string",
+                "pattern": f"^{words.MODEL_LABEL}$",
+                "description": "A plain name, no family",
+            },
+            "roundPolicy": ref("RoundPolicy"),
+            "entrypoint": _ENTRYPOINT,
+            "evaluateEntrypoint": _ENTRYPOINT,
+            "hyperparameters": {"type": "object", "maxProperties": 256},
+        },
+    },
+    "ModelUpload": {
+        "type": "object",
+        "required": ["spec", "program", "parameters"],
+        "description": "multipart/form-data parts; together at most PETALS_MODEL_UPLOAD_MAX_BYTES",
+        "properties": {
+            "spec": ref("ModelProgramSpec"),
+            "program": {"type": "string", "format": "binary", "description": "A .py, .tar.gz or .zip"},
+            "parameters": {
+                "type": "string",
+                "format": "binary",
+                "description": "version 0, .safetensors, float32",
+            },
+            "onnx": {
+                "type": "string",
+                "format": "binary",
+                "description": "An inference graph whose initializers carry the tensors' names",
+            },
+        },
+    },
     "ModelCreateRequest": {
         "type": "object",
         "required": ["modelType", "modelConfig"],
@@ -118,7 +166,14 @@ PETALS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
         "properties": {
             "modelType": ref("ModelName"),
-            "signature": {"type": "object"},
+            "signature": {
+                "type": ["object", "null"],
+                "description": "A built-in family's; null with a program",
+            },
+            "program": {
+                "type": "object",
+                "description": "A model with its own program: its hashes and entrypoints",
+            },
             "currentVersion": NON_NEGATIVE_INT,
             "roundPolicy": {
                 **_ROUND_POLICY,
@@ -168,7 +223,7 @@ PETALS: dict[str, dict[str, Any]] = {
             "modelType": ref("ModelName"),
             "version": NON_NEGATIVE_INT,
             "currentVersion": NON_NEGATIVE_INT,
-            "signature": {"type": "object"},
+            "signature": {"type": ["object", "null"]},
             "metadata": {"type": "object"},
             "parameters": {"type": "object"},
         },
