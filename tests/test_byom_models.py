@@ -105,13 +105,20 @@ def train(server, token, body) -> dict:
     return cycle
 
 
-def test_a_numpy_program_without_a_graph_trains_and_predict_and_export_answer_409(server):
-    program = (PROGRAMS / "linear_numpy" / "train.py").read_bytes()
+def test_a_numpy_program_without_a_graph_is_validated_by_its_evaluate_entrypoint(server):
+    program = tar_gz(
+        {name: (PROGRAMS / "linear_numpy" / name).read_bytes() for name in ("train.py", "evaluate.py")}
+    )
     status, model = register(server, server.tokens["author"], {
-        "spec": spec("numpy-linear", ["python", "/program/train.py"], hyperparameters={"rate": 0.1}),
-        "program": ("train.py", program), "parameters": ("p.safetensors", parameters()),
+        "spec": spec("numpy-linear", ["python", "/program/train.py"], hyperparameters={"rate": 0.1},
+                     evaluateEntrypoint="python /program/evaluate.py"),
+        "program": ("program.tar.gz", program), "parameters": ("p.safetensors", parameters()),
     })  # fmt: skip
     assert status == 201, model
+    holdout = [{"x": [float(i) + 0.5, 1.0], "y": 2.0 * i + 2.0} for i in range(-3, 3)]
+    status, body, _ = http("POST", f"{server.url}/v1/petals/validation",
+                           {"modelType": "numpy-linear", "dataBatch": holdout}, token=ADMIN_TOKEN)  # fmt: skip
+    assert status == 201, body
     assert (
         model["signature"] is None
         and model["program"]["programSha256"] == hashlib.sha256(program).hexdigest()
@@ -127,6 +134,9 @@ def test_a_numpy_program_without_a_graph_trains_and_predict_and_export_answer_40
         "GET", f"{server.url}/v1/petals/model/shared?modelType=numpy-linear", token=ADMIN_TOKEN
     )
     assert shared["version"] == 1 and shared["parameters"]["fc.weight"]["values"][0] > 0.5
+    # The hold-out vote came from evaluate.py in a sandbox: the trained loss against version 0's.
+    holdout_vote = next(v for v in shared["metadata"]["votes"] if v["validator"] == "holdout")
+    assert holdout_vote["approve"] and "negative loss" in holdout_vote["reason"], holdout_vote
     status, refused, _ = http("POST", f"{server.url}/v1/petals/model/shared/predict",
                               {"modelType": "numpy-linear", "inputs": [[1.0, 1.0]]}, token=ADMIN_TOKEN)  # fmt: skip
     assert status == 409 and "onnx" in refused["error"]["message"], refused

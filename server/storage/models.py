@@ -320,7 +320,8 @@ class ModelStore:
         self.require(name)
         buffer = io.BytesIO()
         np.savez(buffer, x=x.astype(np.float32), y=y.astype(np.float32))
-        path = self._dir(name) / "holdout.npz"
+        # In a folder of its own: a program model's evaluateEntrypoint sees it as its /data.
+        path = self._dir(name) / "holdout" / "data.npz"
         write_atomically(path, buffer.getvalue())
         self._store.execute("UPDATE models SET holdout_path = ? WHERE model_name = ?", (str(path), name))
         return str(path)

@@ -13,7 +13,7 @@ from ..errors import BadRequest, Conflict
 from ..onnx_export import OnnxRunner, to_onnx
 from ..storage.models import ModelStore
 from . import program_models
-from .jobs import check_batch
+from .jobs import check_batch, check_rows
 
 
 def _program_graph(info) -> bytes:
@@ -126,11 +126,14 @@ class SharedModels:
     async def register_holdout(self, model_name: str, items: list) -> dict:
         info = await asyncio.to_thread(self.models.require, model_name)
         if info.program is not None:
-            raise Conflict(
-                f"model {model_name!r} has its own program; hold-out validation of such models "
-                "(onnxruntime or its evaluateEntrypoint) is not available yet"
-            )
-        x, y = await asyncio.to_thread(check_batch, info.signature, items)
+            if not info.program.get("onnxPath") and not info.program.get("evaluateEntrypoint"):
+                raise Conflict(
+                    f"model {model_name!r} has neither an onnx graph nor an evaluateEntrypoint: "
+                    "nothing could evaluate a hold-out set"
+                )
+            x, y = await asyncio.to_thread(check_rows, items)
+        else:
+            x, y = await asyncio.to_thread(check_batch, info.signature, items)
         await asyncio.to_thread(self.models.set_holdout, model_name, x, y)
         if self.audit is not None:
             await self.audit.append("holdout_registered", model_name, {"samples": len(items)})
