@@ -162,6 +162,10 @@ def test_a_flower_client_on_a_dataset_trains_and_predicts_through_its_graph(serv
     status, dataset, _ = http("POST", f"{server.url}/v1/datasets?name=shard", data.getvalue(),
                               token=server.tokens["agent"], headers=OCTETS)  # fmt: skip
     assert status == 201, dataset
+    holdout = [{"x": [1.0, 0.0], "y": 3.5}, {"x": [0.0, 1.0], "y": -0.5}, {"x": [1.0, 1.0], "y": 2.5}]
+    status, body, _ = http("POST", f"{server.url}/v1/petals/validation",
+                           {"modelType": "flower-linear", "dataBatch": holdout}, token=ADMIN_TOKEN)  # fmt: skip
+    assert status == 201, body
     cycle = train(
         server, server.tokens["agent"], {"modelType": "flower-linear", "datasetId": dataset["datasetId"]}
     )
@@ -169,6 +173,9 @@ def test_a_flower_client_on_a_dataset_trains_and_predicts_through_its_graph(serv
     status, shared, _ = http(
         "GET", f"{server.url}/v1/petals/model/shared?modelType=flower-linear", token=ADMIN_TOKEN
     )
+    # Judged through the graph with the candidate's tensors: no worse than version 0's.
+    holdout_vote = next(v for v in shared["metadata"]["votes"] if v["validator"] == "holdout")
+    assert holdout_vote["approve"] and "negative loss" in holdout_vote["reason"], holdout_vote
     w = np.array(shared["parameters"]["fc.weight"]["values"], np.float32).reshape(2, 1)
     b = np.array(shared["parameters"]["fc.bias"]["values"], np.float32)
     inputs = [[1.0, 2.0], [-0.5, 0.25]]
