@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..auth import act_as, ensure_visible, require_admin
 from ..errors import Forbidden
-from . import model_upload
+from .model_upload import read as read_model_upload
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .schemas import NON_NEGATIVE_INT, ref
 
@@ -52,7 +52,7 @@ async def create_model(call: Call) -> web.Response:
     scratch = petals._work_dir.parent / "uploads"
     await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as folder:
-        upload = await model_upload.read(call, Path(folder))
+        upload = await read_model_upload(call, Path(folder))
         return json_reply(await petals.create_program_model(caller.agent_id, upload), status=201)
 
 

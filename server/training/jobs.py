@@ -179,6 +179,7 @@ def job_request(
             # The storage cap bounds what the program may write, /out included.
             "storage": granted.storage_mb,
             "pids": granted.pids,
+            "gpu": granted.gpu_count,
         },
         "numSamples": len(body.get("dataBatch") or ()),  # a dataset's rows are set by its caller
     }

@@ -99,7 +99,16 @@ _TRAINING_PROPERTIES = {
     "resourceCaps": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"cpu": _CPU, "memory": _MEMORY},
+        "properties": {
+            "cpu": _CPU,
+            "memory": _MEMORY,
+            "gpu": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": words.GPU_COUNT_MAX,
+                "description": "GPUs the program sees",
+            },
+        },
     },
     "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
 }
