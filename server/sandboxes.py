@@ -183,14 +183,16 @@ class SandboxService:
             "sandboxId": sandbox_id,
             "modelType": info.name,
             "baseVersion": base.version,
-            "command": list(self.settings.learn_command),
+            # A model's own program is its entrypoint, run from /program; else the stock one.
+            "command": list((info.program or {}).get("entrypoint") or self.settings.learn_command),
             "seed": request["seed"],
         }
         data_dir = None
         if "datasetId" in request:
             datasets = self.petals.preparer.datasets
             data_dir = datasets.directory(await asyncio.to_thread(datasets.get, request["datasetId"]))
-        return training, cycle_binds(cycle_dir, base.path, data_dir=data_dir)
+        program_dir = (info.program or {}).get("programDir")
+        return training, cycle_binds(cycle_dir, base.path, data_dir=data_dir, program_dir=program_dir)
 
     def _view(self, sandbox: Sandbox) -> dict:
         return sandbox_view(sandbox, self._training.get(sandbox.id))

@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
-from aiohttp import BodyPartReader
+from aiohttp import BodyPartReader, MultipartReader
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, PayloadTooLarge
 from ..training.program_models import Upload
 from .openapi import API_KEY, Call
 
 PARTS = ("spec", "program", "parameters", "onnx")
-MAX_SPEC_BYTES = 64 * 1024
+MAX_SPEC_BYTES = 1 << 20
 CHUNK_BYTES = 1 << 20
 
 
@@ -28,13 +29,15 @@ class _Budget:
             raise PayloadTooLarge(f"the upload is over {self.limit} bytes (PETALS_MODEL_UPLOAD_MAX_BYTES)")
 
 
-async def _read_bytes(part: BodyPartReader, budget: _Budget, limit: int, what: str) -> bytes:
+async def _read_bytes(
+    part: BodyPartReader, budget: _Budget, limit: int, what: str, too_large=PayloadTooLarge
+) -> bytes:
     data = bytearray()
     while chunk := await part.read_chunk(CHUNK_BYTES):
         budget.take(len(chunk))
         data += chunk
         if len(data) > limit:
-            raise PayloadTooLarge(f"part {what} is over {limit} bytes")
+            raise too_large(f"part {what} is over {limit} bytes")
     return bytes(data)
 
 
@@ -54,6 +57,18 @@ def _program_filename(name: str | None) -> str:
     return "main.py"
 
 
+async def _next_part(reader: MultipartReader):
+    try:
+        return await reader.next()
+    except (
+        ValueError,
+        LookupError,
+        AssertionError,
+        HttpProcessingError,
+    ) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadRequest(f"the body is not valid multipart/form-data ({type(exc).__name__})") from None
+
+
 async def read(call: Call, scratch: Path) -> Upload:
     settings = call.services.settings
     budget = _Budget(settings.model_upload_max_bytes)
@@ -66,14 +81,15 @@ async def read(call: Call, scratch: Path) -> Upload:
         raise BadRequest(f"the body is not multipart/form-data: {exc}") from None
     found: dict = {}
     filename = None
-    while (part := await reader.next()) is not None:
+    while (part := await _next_part(reader)) is not None:
         if not isinstance(part, BodyPartReader) or part.name not in PARTS:
             name = getattr(part, "name", None)
             raise BadRequest(f"unknown part {name!r}; the parts are {', '.join(PARTS)}")
         if part.name in found:
             raise BadRequest(f"part {part.name} is given twice")
         if part.name == "spec":
-            found["spec"] = await _read_bytes(part, budget, MAX_SPEC_BYTES, "spec")
+            # A spec this large breaks its schema's bounds: a 400, as any invalid spec.
+            found["spec"] = await _read_bytes(part, budget, MAX_SPEC_BYTES, "spec", BadRequest)
         elif part.name == "program":
             filename = part.filename
             found["program"] = await _read_bytes(part, budget, settings.program_max_bytes, "program")
