@@ -1,16 +1,16 @@
-"""The learn cycle, run inside a sandbox: train from the read-only base model on the
-read-only data batch and print the deltas (trained - base) as JSON on stdout.
-
-Inputs: /data/job.json (signature, hyperparameters, seed), /data/batch.npz (x, y),
-/model/base.npz. Progress goes to stderr as one JSON object per epoch.
+"""The stock learn program of the four built-in families (linear, logistic, softmax, mlp),
+under the same contract as any model's own program (rootfs/README.md): /job.json names the
+model's signature among its hyperparameters, /model/base.safetensors holds the base version,
+/data/batch.npz (or a dataset's x and y) the examples; the deltas and metrics go to /out.
+The math is rootfs/models.py.
 
 Test knob: WONDERCRAFT_TEST_START_DELAY_MS=N (set through the learn command, e.g. with `env`)
 makes the cycle wait a random 0..N ms before it starts, so tests can shuffle completions."""
 
 from __future__ import annotations
 
-import base64
 import json
+import math
 import os
 import random
 import sys
@@ -18,39 +18,20 @@ import time
 
 import models
 import numpy as np
+import safetensors.numpy
+import wondercraft_learn as wl
 
 
-def encode(array: np.ndarray) -> dict:
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    return {
-        "shape": list(array.shape),
-        "dtype": "float32",
-        "data": base64.b64encode(array.tobytes()).decode(),
-    }
-
-
-def main(data_dir: str = "/data", base_path: str = "/model/base.npz") -> int:
+def main() -> int:
     delay_ms = float(os.environ.get("WONDERCRAFT_TEST_START_DELAY_MS", "0") or 0)
     if delay_ms > 0:
         time.sleep(random.uniform(0.0, delay_ms) / 1000.0)
     started = time.monotonic()
-    with open(f"{data_dir}/job.json") as handle:
-        job = json.load(handle)
-    signature = models.Signature.from_dict(job["signature"])
-    with np.load(f"{data_dir}/batch.npz", allow_pickle=False) as batch:
-        x, y = batch["x"], batch["y"]
-    base = models.load(base_path)
-    epochs = int(job["epochs"])
-
-    def report(entry: dict) -> None:
-        progress = {
-            "epoch": entry["epoch"],
-            "epochs": epochs,
-            "loss": entry["loss"],
-            "accuracy": entry["accuracy"],
-        }
-        print(json.dumps({"progress": progress}), file=sys.stderr, flush=True)
-
+    job = wl.job()
+    signature = models.Signature.from_dict(job["hyperparameters"]["signature"])
+    data = wl.read_data()
+    x, y = data["x"], data["y"]
+    base = wl.read_base()
     trained, history = models.train(
         signature,
         base,
@@ -58,25 +39,22 @@ def main(data_dir: str = "/data", base_path: str = "/model/base.npz") -> int:
         y,
         learning_rate=float(job["learningRate"]),
         batch_size=int(job["batchSize"]),
-        epochs=epochs,
+        epochs=int(job["epochs"]),
         seed=int(job["seed"]),
-        on_epoch=report,
+        on_epoch=lambda entry: wl.report(entry["epoch"], entry["loss"], entry["accuracy"]),
     )
-    deltas = {name: encode(trained[name] - base[name]) for name in models.tensor_names(signature)}
-    final = history[-1]
-    result = {
-        "numSamples": int(len(x)),
-        "metrics": {
-            "loss": final["loss"],
-            "accuracy": final["accuracy"],
-            "duration": time.monotonic() - started,
-        },
-        "epochs": history,
-        "deltas": deltas,
-    }
-    json.dump(result, sys.stdout, separators=(",", ":"))
+    # Written as they came out, finite or not: the service judges them (a diverged run is
+    # its bad_output, named by tensor), not this program.
+    deltas = {name: np.ascontiguousarray(trained[name] - base[name], dtype=np.float32) for name in base}
+    wl.out_dir().mkdir(parents=True, exist_ok=True)
+    safetensors.numpy.save_file(
+        deltas, str(wl.out_dir() / wl.DELTAS_FILE), metadata={wl.ORDER_KEY: json.dumps(list(base))}
+    )
+    final = history[-1] if history else {}
+    finite = {k: v for k, v in final.items() if k in ("loss", "accuracy") and math.isfinite(v)}
+    wl.write_metrics(len(x), duration=time.monotonic() - started, **finite)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    sys.exit(main())

@@ -257,13 +257,14 @@ def _load_object(spec: str) -> Any:
 
 
 def main(argv: Sequence[str]) -> int:
-    """`python wondercraft_learn.py flower FILE.py:NAME`: NAME is a NumPyClient, or a function
-    of no arguments returning one."""
+    """`python wondercraft_learn.py flower FILE.py:NAME`: NAME is a NumPyClient, its class, or a
+    function of no arguments returning one."""
     if len(argv) != 2 or argv[0] != "flower":
         print("usage: wondercraft_learn.py flower FILE.py:NAME", file=sys.stderr)
         return 2
     target = _load_object(argv[1])
-    client = target if hasattr(target, "fit") else target()
+    # An instance is the client; a class or a factory function makes one.
+    client = target if hasattr(target, "fit") and not isinstance(target, type) else target()
     return run_numpy_client(client)
 
 

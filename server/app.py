@@ -206,9 +206,9 @@ def create_app(settings: Settings, store: Store, admin_token: str | None = None)
             settings, store, state_dir, runtime, audit=audit, metrics=metrics, petals=petals
         ),
         petals=petals,
-        # The training core will pass in_use (a dataset a queued or running cycle uses).
-        datasets=DatasetService(settings, store, state_dir, audit=audit),
+        datasets=DatasetService(settings, store, state_dir, audit=audit, in_use=petals.dataset_in_use),
     )
+    petals.preparer.datasets = services.datasets
     app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[SERVICES] = services
     api = build_api()

@@ -242,6 +242,10 @@ class Settings:
     dataset_quota_bytes: int = setting(
         10 << 30, _int_between(1024, 1 << 44), env="PETALS_DATASET_QUOTA_BYTES"
     )
+    # A multipart model registration, all parts together (program, parameters, graph).
+    model_upload_max_bytes: int = setting(
+        1 << 30, _int_between(1024, 1 << 40), env="PETALS_MODEL_UPLOAD_MAX_BYTES"
+    )
     program_max_bytes: int = setting(16 << 20, _int_between(1024, 1 << 30), env="PETALS_PROGRAM_MAX_BYTES")
     program_max_unpacked_bytes: int = setting(
         64 << 20, _int_between(1024, 1 << 34), env="PETALS_PROGRAM_MAX_UNPACKED_BYTES"

@@ -37,7 +37,7 @@ from .sandbox_views import (
     resource_usage,
     sandbox_view,
 )
-from .staging import learn_binds, write_inputs
+from .staging import cycle_binds, write_inputs
 from .store import Store
 
 log = logging.getLogger("wondercraft.sandboxes")
@@ -102,7 +102,7 @@ class SandboxService:
         binds: tuple[mounts.Bind, ...] = ()
         training = None
         if body.get("trainingConfig") is not None:
-            training, binds = await self._prepare_training(body["trainingConfig"])
+            training, binds = await self._prepare_training(agent_id, body["trainingConfig"])
         spec = SandboxSpec(agent_id=agent_id, caps=caps, network=body.get("network", "isolated"),
                            lifetime_s=float(lifetime), binds=binds)  # fmt: skip
         try:
@@ -169,24 +169,30 @@ class SandboxService:
             self.metrics.forget_sandbox(sandbox.id)
             self.metrics.sandboxes_active.set(self._active_count())
 
-    async def _prepare_training(self, config: dict) -> tuple[dict, tuple[mounts.Bind, ...]]:
+    async def _prepare_training(self, agent_id: str, config: dict) -> tuple[dict, tuple[mounts.Bind, ...]]:
         if self.petals is None:
             raise BadRequest("trainingConfig needs the petals service")
         import secrets
 
-        info, request, x, y = await self.petals.prepare(config)
+        info, request, x, y = await self.petals.prepare(config, agent_id)
         base = await asyncio.to_thread(self.petals.models.version, info.name, info.current_version)
         sandbox_id = f"sb-{secrets.token_hex(6)}"
-        data_dir = self._inputs / sandbox_id / "data"
-        await asyncio.to_thread(write_inputs, data_dir, request, x, y)
+        cycle_dir = self._inputs / sandbox_id
+        await asyncio.to_thread(write_inputs, cycle_dir, request, x, y)
         training = {
             "sandboxId": sandbox_id,
             "modelType": info.name,
             "baseVersion": base.version,
-            "command": list(self.settings.learn_command),
+            # A model's own program is its entrypoint, run from /program; else the stock one.
+            "command": list((info.program or {}).get("entrypoint") or self.settings.learn_command),
             "seed": request["seed"],
         }
-        return training, learn_binds(data_dir, base.path)
+        data_dir = None
+        if "datasetId" in request:
+            datasets = self.petals.preparer.datasets
+            data_dir = datasets.directory(await asyncio.to_thread(datasets.get, request["datasetId"]))
+        program_dir = (info.program or {}).get("programDir")
+        return training, cycle_binds(cycle_dir, base.path, data_dir=data_dir, program_dir=program_dir)
 
     def _view(self, sandbox: Sandbox) -> dict:
         return sandbox_view(sandbox, self._training.get(sandbox.id))

@@ -150,6 +150,11 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE models ADD COLUMN privacy_rounds INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: a model with its own program: its program, entrypoints, hyperparameters and ONNX graph
+    # (JSON); NULL for the built-in families' models.
+    """
+    ALTER TABLE models ADD COLUMN program TEXT;
+    """,
 ]
 
 

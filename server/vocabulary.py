@@ -51,7 +51,7 @@ class FailureReason(StrEnum):
     LIFETIME = TerminationReason.LIFETIME.value
     KILLED = TerminationReason.KILLED.value
     CRASHED = "crashed"
-    INVALID_RESULT = "invalid_result"
+    BAD_OUTPUT = "bad_output"  # the program's /out broke the contract: never retried, never aggregated
     SANDBOX_START = "sandbox_start"
     OVER_BUDGET = "over_budget"  # the host's admission budget could never hold the job's caps
     INTERNAL = "internal"
@@ -122,11 +122,14 @@ def camel_keys(value):
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 MODEL_LABEL = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-MODEL_NAME_PATTERN = rf"^({'|'.join(ModelFamily)})(:{MODEL_LABEL})?$"
+# A built-in family's model (family or family:name), or a model with its own program: a plain
+# name (no colon) registered with POST /v1/petals/models as multipart.
+MODEL_NAME_PATTERN = rf"^(({'|'.join(ModelFamily)})(:{MODEL_LABEL})?|{MODEL_LABEL})$"
 MODEL_NAME_RULE = (
-    f"a model family ({names(ModelFamily)}), optionally named as family:name "
-    "(name of 1 to 64 letters, digits, '.', '_' or '-')"
+    f"a model family ({names(ModelFamily)}), optionally named as family:name, or the name of a "
+    "model with its own program (names of 1 to 64 letters, digits, '.', '_' or '-')"
 )
+FAMILY_MODEL_NAME = re.compile(rf"^({'|'.join(ModelFamily)})(:{MODEL_LABEL})?$")
 MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 SANDBOX_ID_PATTERN = r"^sb-[0-9a-f]{12}$"
 DATASET_ID_PATTERN = r"^ds-[0-9a-f]{12}$"

@@ -26,8 +26,8 @@ CTL = str(Path(sys.executable).parent / "wondercraft-ctl")
 # A job whose model name says "slow" holds its first attempt for minutes before training;
 # every other run trains at once.
 LEARN = (
-    'if grep -q slow /data/job.json && [ "$WONDERCRAFT_ATTEMPT" -lt 2 ]; then sleep 300; '
-    "elif grep -q brief /data/job.json; then sleep 2; fi; exec python /opt/wondercraft/learn_cycle.py"
+    'if grep -q slow /job.json && [ "$WONDERCRAFT_ATTEMPT" -lt 2 ]; then sleep 300; '
+    "elif grep -q brief /job.json; then sleep 2; fi; exec python /opt/wondercraft/learn_cycle.py"
 )
 TELEMETRY_BATCH = 5
 

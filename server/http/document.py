@@ -90,6 +90,10 @@ def build_document(
                 "description": f"At most {op.max_body_bytes} bytes",
                 "content": {"application/json": {"schema": copy.deepcopy(dict(op.body))}},
             }
+            if op.multipart is not None:
+                entry["requestBody"]["content"]["multipart/form-data"] = {
+                    "schema": copy.deepcopy(dict(op.multipart))
+                }
         if op.raw_body is not None:
             entry["requestBody"] = {
                 "required": True,

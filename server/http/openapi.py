@@ -88,6 +88,7 @@ class Operation:
     raw_body: str | None
     replies: tuple[Reply, ...]
     errors: tuple[int, ...]
+    multipart: Mapping[str, Any] | None = None  # the parts' schema, when the body may be multipart
 
 
 @dataclass
@@ -114,11 +115,14 @@ class RouteTable:
         raw_body: str | None = None,
         errors: Sequence[int] = (),
         operation_id: str | None = None,
+        multipart: Mapping[str, Any] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Declares `handler` as METHOD PATH. `errors` lists the error statuses the handler itself
         raises; those from authentication and validation are added automatically. `raw_body`
         (a media type) declares a body that is not JSON: only its Content-Type is checked here,
-        and the handler streams it from `call.request.content`, bounding it itself."""
+        and the handler streams it from `call.request.content`, bounding it itself. `multipart`
+        (the parts' schema) lets the body be multipart/form-data instead of JSON: then `call.body`
+        is None and the handler reads the parts itself (aiohttp's multipart reader), bounding them."""
         if raw_body is not None and body is not None:
             raise ValueError(f"{method} {path}: a body is either JSON (body) or raw (raw_body), not both")
 
@@ -143,6 +147,7 @@ class RouteTable:
                     raw_body=raw_body,
                     replies=tuple(replies),
                     errors=tuple(errors),
+                    multipart=multipart,
                 )
             )
             return handler
@@ -188,6 +193,8 @@ class Api:
         self.document_bytes = json.dumps(self.document, separators=(",", ":")).encode()
         registry = document_registry(self.document, DOCUMENT_URI)
         self._resolver = registry.resolver()
+        self._registry = registry
+        self._component_validators: dict[str, SchemaValidator] = {}
         self._param_validators: dict[int, SchemaValidator] = {}
         self._param_schemas: dict[int, Mapping[str, Any]] = {}  # resolved once, not per request
         self._body_validators: dict[int, SchemaValidator] = {}
@@ -201,6 +208,17 @@ class Api:
                 self._body_validators[id(op)] = SchemaValidator(
                     _absolute_refs(op.body), registry, document=self.document, document_uri=DOCUMENT_URI
                 )
+
+    def check(self, component: str, document: Any) -> None:
+        """`document` against the named component schema (a BadRequest naming what is wrong)."""
+        validator = self._component_validators.get(component)
+        if validator is None:
+            validator = SchemaValidator(
+                {"$ref": f"{DOCUMENT_URI}#/components/schemas/{component}"}, self._registry,
+                document=self.document, document_uri=DOCUMENT_URI,
+            )  # fmt: skip
+            self._component_validators[component] = validator
+        validator.check(document)
 
     # ---- serving ----
 
@@ -221,7 +239,8 @@ class Api:
                     require_admin(caller, f"{op.method} {op.path}")
             path = {p.name: self._convert(p, request.match_info[p.name], "path") for p in op.path_params}
             query = self._query(op, request.query)
-            body = await self._body(op, request) if op.body is not None else None
+            multipart = op.multipart is not None and request.content_type == "multipart/form-data"
+            body = await self._body(op, request) if op.body is not None and not multipart else None
             if op.raw_body is not None:
                 self._check_raw_media(op, request)
             return await op.handler(Call(request=request, caller=caller, path=path, query=query, body=body))

@@ -3,10 +3,15 @@ shared model (JSON or ONNX), predict with it; the admin registers hold-out sets 
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+from pathlib import Path
+
 from aiohttp import web
 
 from ..auth import act_as, ensure_visible, require_admin
 from ..errors import Forbidden
+from .model_upload import read as read_model_upload
 from .openapi import Call, Param, Reply, RouteTable, json_reply
 from .paging import PAGE_QUERY, page_answer, page_of, page_request
 from .schemas import NON_NEGATIVE_INT, ref
@@ -26,18 +31,30 @@ MODEL_QUERY = [
     summary="Define a shared model: its signature (version 0) and its round policy",
     description=(
         "Admin, or an agent the admin made a model author (modelAuthor). The round policy's fields "
-        "left out take the service's defaults; the policy is shown with the model and in every proposal."
+        "left out take the service's defaults; the policy is shown with the model and in every proposal. "
+        "As JSON, a built-in family's model (modelConfig); as multipart/form-data, a model with its own "
+        "program: parts `spec` (JSON), `program` (.py, .tar.gz or .zip), `parameters` (.safetensors, "
+        "version 0) and optionally `onnx` (its initializers named as the tensors). A bad part is a 400 "
+        "and nothing is stored."
     ),
     access="agent",
     body=ref("ModelCreateRequest"),
+    multipart=ref("ModelUpload"),
     replies=[Reply(201, "Defined", ref("Model"))],
-    errors=[403, 409],
+    errors=[403, 409, 413],
 )
 async def create_model(call: Call) -> web.Response:
     caller = call.caller
     if not caller.is_admin and not call.services.agents.is_model_author(caller.agent_id):
         raise Forbidden(f"defining a model needs the admin token or a model author; {caller} is not one")
-    return json_reply(await call.services.petals.create_model(caller.agent_id, call.body), status=201)
+    petals = call.services.petals
+    if call.body is not None:
+        return json_reply(await petals.create_model(caller.agent_id, call.body), status=201)
+    scratch = petals._work_dir.parent / "uploads"
+    await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        upload = await read_model_upload(call, Path(folder))
+        return json_reply(await petals.create_program_model(caller.agent_id, upload), status=201)
 
 
 @ROUTES.operation(
@@ -121,6 +138,7 @@ def onnx_filename(model_name: str, version: int) -> str:
             200, "The model", {"type": "string", "format": "binary"}, media_type="application/octet-stream"
         ),
     ],
+    errors=[409],  # format=onnx of a model registered without a graph
 )
 async def shared_model(call: Call) -> web.StreamResponse:
     petals = call.services.petals
@@ -182,6 +200,7 @@ async def model_evaluation(call: Call) -> web.Response:
     body=ref("PredictRequest"),
     max_body_bytes=TRAIN_MAX_BODY_BYTES,
     replies=[Reply(200, "Outputs, one row per input", ref("PredictResult"))],
+    errors=[409],  # a model registered without a graph
 )
 async def predict(call: Call) -> web.Response:
     body = call.body
@@ -198,6 +217,7 @@ async def predict(call: Call) -> web.Response:
     body=ref("ValidationSetRequest"),
     max_body_bytes=TRAIN_MAX_BODY_BYTES,
     replies=[Reply(201, "Registered", ref("ValidationSetRegistered"))],
+    errors=[409],
 )
 async def register_validation(call: Call) -> web.Response:
     require_admin(call.caller, "registering a hold-out set")

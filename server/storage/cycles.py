@@ -50,7 +50,9 @@ class Cycle:
         if self.node is not None:
             body["node"] = self.node
         if self.result is not None:
-            body["result"] = self.result
+            body["result"] = {k: v for k, v in self.result.items() if k != "logs"}
+            if "logs" in self.result:
+                body["logs"] = self.result["logs"]
         if self.error is not None:
             body["error"] = self.error
         return body

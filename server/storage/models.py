@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import safetensors.numpy
 
 from rootfs import models
 
+from ..artifacts import tensors as tensor_files
 from ..errors import Conflict, NotFound
 from ..store import Store
 
@@ -27,11 +29,14 @@ from ..store import Store
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    signature: models.Signature
+    signature: models.Signature | None  # None for a model with its own program
     current_version: int
     holdout_path: str | None
     round_policy: dict | None = None  # camelCase, as set with the model
     created_by: str | None = None
+    # A model with its own program (signature None): programSha256, entrypoint,
+    # evaluateEntrypoint, hyperparameters, onnxSha256.
+    program: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,19 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def params_to_bytes(params: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(
-        buffer, **{name: np.ascontiguousarray(value, dtype=np.float32) for name, value in params.items()}
+    """A version's file: .safetensors, float32, the model's tensor order in its metadata; the
+    very file a learn cycle sees at /model/base.safetensors."""
+    return tensor_files.encode_tensors(
+        {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in params.items()}
     )
-    return buffer.getvalue()
+
+
+def params_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    header = tensor_files.parse_header(
+        data, len(data), max_header_bytes=len(data), max_tensors=tensor_files.DEFAULT_MAX_TENSORS
+    )
+    decoded = safetensors.numpy.load(data)
+    return {name: decoded[name] for name in header.order}
 
 
 class ModelStore:
@@ -106,13 +119,15 @@ class ModelStore:
         if not rows:
             return None
         row = rows[0]
+        signature = json.loads(row["signature"])
         return ModelInfo(
             row["model_name"],
-            models.Signature.from_dict(json.loads(row["signature"])),
+            models.Signature.from_dict(signature) if signature else None,
             row["current_version"],
             row["holdout_path"],
             json.loads(row["round_policy"]) if row["round_policy"] else None,
             row["created_by"],
+            json.loads(row["program"]) if row["program"] else None,
         )
 
     def require(self, name: str) -> ModelInfo:
@@ -170,7 +185,7 @@ class ModelStore:
         params = models.initial_parameters(signature, name)
         data = params_to_bytes(params)
         digest = hashlib.sha256(data).hexdigest()
-        path = self._dir(name) / f"v0-{digest[:16]}.npz"
+        path = self._dir(name) / f"v0-{digest[:16]}.safetensors"
         write_atomically(path, data)
         now = time.time()
         metadata = {"version": 0, "parentVersion": None, "aggregationMethod": None, "participants": [],
@@ -194,6 +209,44 @@ class ModelStore:
                 raise
             return self.ensure(name, signature, round_policy, created_by)
         return self.get(name), True
+
+    def create_program_model(
+        self,
+        name: str,
+        params: dict[str, np.ndarray],
+        program: dict,
+        round_policy: dict,
+        created_by: str | None,
+    ) -> ModelInfo:
+        """A model with its own program at version 0 (the uploaded tensors); a Conflict if the
+        name is taken. `program` is stored as is; each version's metadata names its sha256."""
+        if self.get(name) is not None:
+            raise Conflict(f"model {name!r} already exists")
+        data = params_to_bytes(params)
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._dir(name) / f"v0-{digest[:16]}.safetensors"
+        write_atomically(path, data)
+        now = time.time()
+        metadata = {"version": 0, "parentVersion": None, "aggregationMethod": None, "participants": [],
+                    "timestamp": now, "sha256": digest, "metrics": {}, "signature": None,
+                    "programSha256": program["programSha256"], "roundPolicy": round_policy}  # fmt: skip
+        try:
+            with self._store.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO models(model_name, signature, current_version, created_at, updated_at,"
+                    " round_policy, created_by, program) VALUES(?, 'null', 0, ?, ?, ?, ?, ?)",
+                    (name, now, now, json.dumps(round_policy), created_by, json.dumps(program)),
+                )
+                conn.execute(
+                    "INSERT INTO model_versions(model_name, version, parent_version, sha256, path, metadata,"
+                    " created_at) VALUES(?, 0, NULL, ?, ?, ?, ?)",
+                    (name, digest, str(path), json.dumps(metadata), now),
+                )
+        except Exception:
+            if self.get(name) is not None:
+                raise Conflict(f"model {name!r} already exists") from None
+            raise
+        return self.get(name)
 
     def version(self, name: str, version: int | None = None) -> VersionInfo:
         info = self.require(name)
@@ -222,8 +275,7 @@ class ModelStore:
             raise RuntimeError(
                 f"model file {info.path} does not match its recorded sha256; refusing to use it"
             )
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        return params_from_bytes(data)
 
     def commit(
         self, name: str, params: dict[str, np.ndarray], parent: int, metadata: dict, conn_hook=None
@@ -236,9 +288,12 @@ class ModelStore:
             version = conn.execute(
                 "SELECT COALESCE(MAX(version), -1) + 1 FROM model_versions WHERE model_name = ?", (name,)
             ).fetchone()[0]
-            path = self._dir(name) / f"v{version}-{digest[:16]}.npz"
+            path = self._dir(name) / f"v{version}-{digest[:16]}.safetensors"
             write_atomically(path, data)
             record = {**metadata, "version": version, "parentVersion": parent, "sha256": digest}
+            program = conn.execute("SELECT program FROM models WHERE model_name = ?", (name,)).fetchone()
+            if program is not None and program[0]:
+                record["programSha256"] = json.loads(program[0])["programSha256"]
             now = time.time()
             conn.execute(
                 "INSERT INTO model_versions(model_name, version, parent_version, sha256, path, metadata, created_at)"
@@ -265,7 +320,8 @@ class ModelStore:
         self.require(name)
         buffer = io.BytesIO()
         np.savez(buffer, x=x.astype(np.float32), y=y.astype(np.float32))
-        path = self._dir(name) / "holdout.npz"
+        # In a folder of its own: a program model's evaluateEntrypoint sees it as its /data.
+        path = self._dir(name) / "holdout" / "data.npz"
         write_atomically(path, buffer.getvalue())
         self._store.execute("UPDATE models SET holdout_path = ? WHERE model_name = ?", (str(path), name))
         return str(path)

@@ -22,7 +22,7 @@ from .. import consensus
 from ..storage import privacy as privacy_rows
 from ..storage.cycles import Cycle
 from ..vocabulary import CycleStatus, RoundOutcome, camel_keys
-from . import screening, standing
+from . import evaluate, screening, standing
 from .policy import RoundPolicy
 from .rounds import Close
 
@@ -79,7 +79,16 @@ async def aggregate_round(service: TrainingService, close: Close, members: list[
         consensus.finite_validator,
         consensus.norm_validator(settings.max_update_norm),
     ]
-    holdout = await asyncio.to_thread(models.holdout, info)
+    if info.program is not None:
+        if info.holdout_path:
+            program_vote = await evaluate.program_holdout_validator(
+                service, info, candidate, info.holdout_path
+            )
+            if program_vote is not None:
+                validators.append(program_vote)
+        holdout = None
+    else:
+        holdout = await asyncio.to_thread(models.holdout, info)
     if holdout is not None:
         validators.append(
             consensus.holdout_validator(

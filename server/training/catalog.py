@@ -13,7 +13,7 @@ from ..errors import BadRequest, Conflict
 from ..storage import cycles as cycle_rows
 from ..storage.models import ModelInfo, ModelStore
 from ..store import Store
-from . import jobs, rounds
+from . import jobs, program_models, rounds
 from .federation import AggregationChoice
 from .policy import RoundPolicy
 
@@ -51,6 +51,11 @@ class ModelCatalog:
 
     async def create(self, created_by: str | None, body: dict) -> dict:
         family, name = jobs.parse_model_type(body["modelType"])
+        if family is None:
+            raise BadRequest(
+                f"{name!r} is no built-in family's model (family or family:name); a model with its own "
+                "program is registered as multipart/form-data (parts spec, program, parameters, onnx)"
+            )
         signature = jobs.model_signature(self.settings, family, body.get("modelConfig") or {})
         try:
             # Fixed when the model is defined: later changes of the service's defaults leave it be.
@@ -63,24 +68,41 @@ class ModelCatalog:
         await self.announce(info, created_by)
         return self.view(info)
 
+    async def create_with_program(self, created_by: str | None, upload, state_dir) -> dict:
+        """A model with its own program (multipart): see program_models.register."""
+        try:
+            policy = default_policy(self.settings).updated(upload.spec.get("roundPolicy")).as_json()
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        info = await asyncio.to_thread(
+            program_models.register, self.models, state_dir, self.settings, upload, policy, created_by
+        )
+        await self.announce(info, created_by)
+        return self.view(info)
+
     async def announce(self, info: ModelInfo, created_by: str | None) -> None:
         policy = policy_of(self.settings, info)
         self._post(rounds.ModelAdded(info.name, info.current_version, policy))
         if self.audit is not None:
-            body = {"signature": info.signature.as_dict(), "version": 0, "roundPolicy": policy.as_json(),
-                    "createdBy": created_by}  # fmt: skip
+            body = {"signature": info.signature.as_dict() if info.signature else None, "version": 0,
+                    "roundPolicy": policy.as_json(), "createdBy": created_by}  # fmt: skip
+            if info.program is not None:
+                body["program"] = program_models.public_view(info.program)
             await self.audit.append("model_created", info.name, body)
 
     def view(self, info: ModelInfo, viewer: str | None = None) -> dict:
         """The model as `viewer` (None: the admin) sees it: who defined it only for the admin or
         the author itself."""
-        return {
+        view = {
             "modelType": info.name,
-            "signature": info.signature.as_dict(),
+            "signature": info.signature.as_dict() if info.signature else None,
             "currentVersion": info.current_version,
             "roundPolicy": policy_of(self.settings, info).as_json(),
             "createdBy": info.created_by if viewer is None or viewer == info.created_by else None,
         }
+        if info.program is not None:
+            view["program"] = program_models.public_view(info.program)
+        return view
 
     async def list(self, viewer: str | None = None) -> dict:
         infos = await asyncio.to_thread(self.models.list_models)

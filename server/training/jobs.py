@@ -15,19 +15,20 @@ from rootfs import models
 from ..config import Settings
 from ..errors import BadRequest, Conflict
 from ..sandboxes import caps_within_limits
-from ..vocabulary import MODEL_NAME, MODEL_NAME_RULE, ModelFamily
+from ..vocabulary import FAMILY_MODEL_NAME, MODEL_NAME, MODEL_NAME_RULE, ModelFamily
 from .caps import LEARN_CYCLE_MEMORY_MB_MIN
 
 DEFAULT_HIDDEN = (32,)
 SINGLE_OUTPUT = (ModelFamily.LINEAR, ModelFamily.LOGISTIC)
 
 
-def parse_model_type(model_type: str) -> tuple[ModelFamily, str]:
-    """(family, shared model name): `mlp:digits` -> (mlp, "mlp:digits")."""
-    match = MODEL_NAME.match(model_type)
-    if not match:
+def parse_model_type(model_type: str) -> tuple[ModelFamily | None, str]:
+    """(family, shared model name): `mlp:digits` -> (mlp, "mlp:digits"); a model with its own
+    program has no family: `digits-cnn` -> (None, "digits-cnn")."""
+    if not MODEL_NAME.match(model_type):
         raise BadRequest(f"modelType must be {MODEL_NAME_RULE}, got {model_type[:80]!r}")
-    return ModelFamily(match.group(1)), model_type
+    family = FAMILY_MODEL_NAME.match(model_type)
+    return (ModelFamily(family.group(1)) if family else None), model_type
 
 
 def model_signature(settings: Settings, family: ModelFamily, config: dict) -> models.Signature:
@@ -137,11 +138,35 @@ def check_shape(body: dict) -> None:
         raise BadRequest("dataBatch[0].x must be a list of numbers")
 
 
-def job_request(settings: Settings, name: str, signature: models.Signature, body: dict) -> dict[str, Any]:
-    """The job description the learn cycle reads (/data/job.json); caps checked against the host."""
+def check_rows(items: list) -> tuple[np.ndarray, np.ndarray]:
+    """A dataBatch for a model with its own program: rows of finite numbers of one width, and
+    a number per row; the first bad item is named."""
+    if not items:
+        raise BadRequest("dataBatch must hold at least one item")
+    width = len(items[0].get("x") or [])
+    xs = np.empty((len(items), width), dtype=np.float32)
+    ys = np.empty(len(items), dtype=np.float32)
+    for index, item in enumerate(items):
+        x, y = item.get("x"), item.get("y")
+        if not isinstance(x, list) or len(x) != width or not all(is_number(v) for v in x):
+            raise BadRequest(f"dataBatch[{index}].x must be a list of {width} numbers, as dataBatch[0].x")
+        row = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(row).all() or np.abs(row).max(initial=0) > 3.0e38:
+            raise BadRequest(f"dataBatch[{index}].x must hold finite float32 numbers")
+        if not is_number(y) or not math.isfinite(float(y)):
+            raise BadRequest(f"dataBatch[{index}].y must be a finite number, got {y!r}")
+        xs[index], ys[index] = row, float(y)
+    return xs, ys
+
+
+def job_request(
+    settings: Settings, name: str, signature: models.Signature | None, body: dict
+) -> dict[str, Any]:
+    """The cycle's request (staging.job_description makes /job.json of it); caps checked against
+    the host."""
     params = body.get("trainingParams") or {}
     caps = body.get("resourceCaps") or {}
-    caps_within_limits(settings, caps)
+    granted = caps_within_limits(settings, caps)
     memory_mb = caps.get("memory", settings.sandbox_default_memory_mb)
     if memory_mb < LEARN_CYCLE_MEMORY_MB_MIN:
         raise BadRequest(
@@ -150,7 +175,7 @@ def job_request(settings: Settings, name: str, signature: models.Signature, body
         )
     return {
         "modelType": name,
-        "signature": signature.as_dict(),
+        **({"signature": signature.as_dict()} if signature is not None else {}),
         "learningRate": params.get("learningRate", settings.default_learning_rate),
         "batchSize": params.get("batchSize", settings.default_batch_size),
         "epochs": params.get("epochs", settings.default_epochs),
@@ -158,8 +183,12 @@ def job_request(settings: Settings, name: str, signature: models.Signature, body
         "resourceCaps": {
             "cpu": caps.get("cpu", settings.sandbox_default_cpu_cores),
             "memory": memory_mb,
+            # The storage cap bounds what the program may write, /out included.
+            "storage": granted.storage_mb,
+            "pids": granted.pids,
+            "gpu": granted.gpu_count,
         },
-        "numSamples": len(body["dataBatch"]),
+        "numSamples": len(body.get("dataBatch") or ()),  # a dataset's rows are set by its caller
     }
 
 

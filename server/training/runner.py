@@ -1,16 +1,16 @@
-"""One attempt of a learn cycle: a sandbox with the cycle's caps and read-only inputs, the
-learn command run in it, its output checked tensor by tensor. The answer is a CycleOutcome
-value; what it means for the cycle's round is decided elsewhere."""
+"""One attempt of a learn cycle: a sandbox with the cycle's caps and read-only inputs (the
+program contract of rootfs/README.md), the model's program run in it, and what it left in /out
+read back as hostile input. The answer is a CycleOutcome value; what it means for the cycle's
+round is decided elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -19,19 +19,24 @@ from typing import Any
 
 import numpy as np
 
-from rootfs import models
+from runtime import mounts
 from runtime.admission import AdmissionRefused
 from runtime.sandbox import ResourceCaps, SandboxError, SandboxManager, SandboxSpec
 
+from ..artifacts import outputs
+from ..artifacts import tensors as tensor_files
 from ..config import Settings
 from ..sandboxes import final_record, resource_usage
-from ..staging import learn_binds
+from ..staging import cycle_binds
 from ..vocabulary import NOT_RETRIED, FailureReason
-from .jobs import finite_or_none
+from .program_logs import ProgramLogs, Progress
 
 log = logging.getLogger("wondercraft.training")
 
-MAX_RESULT_BYTES = 256 << 20
+__all__ = ["AttemptSpec", "CycleOutcome", "Progress", "Verdict", "run_attempt"]
+
+# The program's stdout and stderr are only its logs: what is kept of each is bounded.
+OUTPUT_LIMIT_BYTES = 1 << 20
 
 
 class Verdict(StrEnum):
@@ -49,19 +54,8 @@ class CycleOutcome:
     deltas: dict[str, np.ndarray] | None = None
     result: dict[str, Any] = field(
         default_factory=dict
-    )  # numSamples, metrics, epochs, deltas, resourceRecord
+    )  # numSamples, metrics, epochs, deltas, resourceRecord, logs
     retry_after_s: float | None = None  # with WAIT: when the budget may have room
-
-
-@dataclass(frozen=True)
-class Progress:
-    epoch: int = 0
-    epochs: int = 0
-    loss: float | None = None
-    accuracy: float | None = None
-
-    def as_json(self) -> dict:
-        return {"epoch": self.epoch, "epochs": self.epochs, "loss": self.loss, "accuracy": self.accuracy}
 
 
 @dataclass(frozen=True)
@@ -70,9 +64,17 @@ class AttemptSpec:
     agent_id: str
     attempt: int
     request: dict
-    data_dir: Path
-    base_model_path: str
+    cycle_dir: Path  # holds job.json, and data/ for a JSON dataBatch
+    base_model_path: str  # the base version's .safetensors file
     base_version: int
+    data_dir: str | None = None  # a dataset's directory, else the cycle's own data/
+    program_dir: str | None = None  # the model's unpacked program, None for a stock model
+    command: tuple[str, ...] = ()  # the model's entrypoint; () runs the stock program
+
+    def binds(self) -> tuple[mounts.Bind, ...]:
+        return cycle_binds(
+            self.cycle_dir, self.base_model_path, data_dir=self.data_dir, program_dir=self.program_dir
+        )
 
 
 async def run_attempt(
@@ -86,15 +88,21 @@ async def run_attempt(
     caps = ResourceCaps(
         cpu_cores=float(spec.request["resourceCaps"]["cpu"]),
         memory_mb=int(spec.request["resourceCaps"]["memory"]),
+        **_optional_caps(spec.request["resourceCaps"]),
     )
     sandbox_spec = SandboxSpec(
         agent_id=spec.agent_id,
         caps=caps,
         lifetime_s=float(settings.sandbox_max_lifetime_s),
-        binds=learn_binds(spec.data_dir, spec.base_model_path),
-        env={"WONDERCRAFT_CYCLE_ID": spec.cycle_id, "WONDERCRAFT_ATTEMPT": str(spec.attempt)},
+        binds=spec.binds(),
+        env={
+            "WONDERCRAFT_CYCLE_ID": spec.cycle_id,
+            "WONDERCRAFT_ATTEMPT": str(spec.attempt),
+            "PYTHONPATH": mounts.PROGRAM_DIR,  # the helper module, `import wondercraft_learn`
+        },
     )
     try:
+        expected = await asyncio.to_thread(_base_shapes, spec.base_model_path)
         sandbox = await sandboxes.create(sandbox_spec)
     except AdmissionRefused as exc:
         if exc.retry_after_s is None:  # more than the whole budget: waiting cannot help
@@ -106,100 +114,93 @@ async def run_attempt(
         log.warning("sandbox could not start", extra={"cycle_id": spec.cycle_id, "error": str(exc)})
         return CycleOutcome(Verdict.RETRY, FailureReason.SANDBOX_START, str(exc))
     on_sandbox(sandbox.id)
+    logs = ProgramLogs(on_progress)
+    output: outputs.CycleOutput | outputs.BadOutput | None = None
     try:
         result = await sandboxes.execute(
             sandbox.id,
-            settings.learn_command,
+            spec.command or settings.learn_command,
             timeout_s=float(settings.sandbox_max_lifetime_s),
-            output_limit_bytes=MAX_RESULT_BYTES,
-            on_stderr_line=lambda line: _progress_line(line, on_progress),
+            output_limit_bytes=OUTPUT_LIMIT_BYTES,
+            on_stderr_line=logs.stderr_line,
         )
+        if result.exit_code == 0 and result.termination_reason is None:
+            # Read before the sandbox goes: /out lives in its storage-capped upper layer.
+            output = await asyncio.to_thread(_read_out, sandbox.init_pid, expected)
     finally:
         record = await sandboxes.destroy(sandbox.id, reason="destroyed")
         sandboxes.forget(sandbox.id)
+    logs.stdout(result.stdout)
     resources = {"exec": resource_usage(result.usage), "sandbox": final_record(record)}
+    base = {"resourceRecord": resources, "logs": logs.text(), "epochs": logs.epochs}
     if result.termination_reason in NOT_RETRIED:
         reason = FailureReason(result.termination_reason)
-        return CycleOutcome(
-            Verdict.FAILED,
-            reason,
-            f"the learn cycle was ended: {reason}",
-            result={"resourceRecord": resources},
-        )
-    if result.exit_code != 0 or result.truncated:
+        return CycleOutcome(Verdict.FAILED, reason, f"the learn cycle was ended: {reason}", result=base)
+    if result.exit_code != 0:
         tail = result.stderr.decode(errors="replace")[-2000:]
         message = f"exit {result.exit_code} signal {result.signal}: {tail}"
-        return CycleOutcome(
-            Verdict.RETRY, FailureReason.CRASHED, message, result={"resourceRecord": resources}
-        )
+        return CycleOutcome(Verdict.RETRY, FailureReason.CRASHED, message, result=base)
+    if not isinstance(output, outputs.CycleOutput):
+        message = output.message if output is not None else "the program left no output"
+        return CycleOutcome(Verdict.FAILED, FailureReason.BAD_OUTPUT, message, result=base)
+    body = _result_body(spec.request, output)
+    if isinstance(body, outputs.BadOutput):
+        return CycleOutcome(Verdict.FAILED, FailureReason.BAD_OUTPUT, body.message, result=base)
+    summary = deltas_summary(output.deltas, spec.base_version)
+    return CycleOutcome(Verdict.COMPLETED, deltas=output.deltas, result={**base, **body, "deltas": summary})
+
+
+def _optional_caps(caps: dict) -> dict:
+    """The caps beyond cpu and memory a job may set (the storage cap bounds /out)."""
+    names = {"storage": "storage_mb", "pids": "pids", "gpu": "gpu_count"}
+    return {names[key]: int(value) for key, value in caps.items() if key in names and value is not None}
+
+
+def _base_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the base version: what /out/deltas.safetensors must match exactly."""
+    header = tensor_files.inspect_file(Path(path), max_bytes=1 << 40)
+    return {name: header.tensors[name].shape for name in header.order}
+
+
+def _read_out(init_pid: int | None, expected: dict) -> outputs.CycleOutput | outputs.BadOutput:
+    """The sandbox's /out, read from the host through its init's root. /out itself is opened
+    without following a link and everything in it through that descriptor (O_NOFOLLOW, regular
+    files only, sizes checked first), so no name the program chose can lead outside /out."""
+    if init_pid is None:
+        return outputs.BadOutput("the sandbox ended before its output could be read")
     try:
-        deltas, body = await asyncio.to_thread(parse_result, spec.request, result.stdout)
-    except ValueError as exc:
-        return CycleOutcome(
-            Verdict.FAILED, FailureReason.INVALID_RESULT, str(exc), result={"resourceRecord": resources}
+        fd = os.open(
+            f"/proc/{init_pid}/root{mounts.OUT_DIR}",
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
         )
-    summary = deltas_summary(deltas, spec.base_version)
-    return CycleOutcome(
-        Verdict.COMPLETED, deltas=deltas, result={**body, "deltas": summary, "resourceRecord": resources}
-    )
-
-
-def _progress_line(line: str, on_progress: Callable[[Progress], None]) -> None:
-    if not line.startswith('{"progress"'):
-        return
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        progress = json.loads(line)["progress"]
-        on_progress(
-            Progress(
-                int(progress["epoch"]),
-                int(progress["epochs"]),
-                finite_or_none(progress["loss"]),  # a diverging cycle reports NaN; JSON has none
-                finite_or_none(progress["accuracy"]),
-            )
-        )
-
-
-def parse_result(request: dict, stdout: bytes) -> tuple[dict[str, np.ndarray], dict]:
-    """The learn cycle's output checked: every tensor named and shaped as the signature says."""
+    except OSError as exc:
+        return outputs.BadOutput(f"/out cannot be opened ({exc.strerror}); it must stay a directory")
     try:
-        body = json.loads(stdout)
-    except ValueError:
-        raise ValueError("the learn cycle's output is not JSON") from None
-    signature = models.Signature.from_dict(request["signature"])
-    expected = models.tensor_names(signature)
-    sizes = signature.layer_sizes()
-    shapes = {}
-    for index in range(len(sizes) - 1):
-        shapes[f"layer{index}.weight"] = (sizes[index], sizes[index + 1])
-        shapes[f"layer{index}.bias"] = (sizes[index + 1],)
-    raw = body.get("deltas")
-    if not isinstance(raw, dict) or sorted(raw) != sorted(expected):
-        raise ValueError(f"the learn cycle returned tensors {sorted(raw or {})}, expected {expected}")
-    deltas = {}
-    for name in expected:
-        entry = raw[name]
-        data = base64.b64decode(entry["data"])
-        array = np.frombuffer(data, dtype=np.float32)
-        if array.size != math.prod(shapes[name]) or tuple(entry.get("shape", ())) != shapes[name]:
-            raise ValueError(f"delta {name} has shape {entry.get('shape')}, expected {list(shapes[name])}")
-        deltas[name] = array.reshape(shapes[name]).copy()
-    if not isinstance(body.get("numSamples"), int) or body["numSamples"] != request["numSamples"]:
-        raise ValueError(f"numSamples must be {request['numSamples']}, got {body.get('numSamples')!r}")
-    metrics = body.get("metrics") or {}
-    clean = {
-        "loss": finite_or_none(metrics.get("loss")),
-        "accuracy": finite_or_none(metrics.get("accuracy")),
-        "durationSeconds": finite_or_none(metrics.get("duration")),
+        return outputs.read_outputs(Path(f"/proc/self/fd/{fd}"), expected)
+    except outputs.BadOutput as exc:
+        return exc
+    finally:
+        os.close(fd)
+
+
+def _result_body(request: dict, output: outputs.CycleOutput) -> dict | outputs.BadOutput:
+    """The cycle's result from a checked output: numSamples may not exceed the examples the
+    job gave it (it weighs the update in the average), the metrics as the API shows them."""
+    limit = request.get("numSamples")
+    if isinstance(limit, int) and output.num_samples > limit:
+        return outputs.BadOutput(
+            f"metrics.json: numSamples is {output.num_samples}; the job holds {limit} examples",
+            field="numSamples",
+        )
+    metrics = dict(output.metrics)
+    metrics.pop("numSamples")
+    clean: dict[str, Any] = {
+        "loss": metrics.pop("loss", None),
+        "accuracy": metrics.pop("accuracy", None),
+        "durationSeconds": metrics.pop("duration", None),
     }
-    epochs = [
-        {
-            "epoch": int(e["epoch"]),
-            "loss": finite_or_none(e["loss"]),
-            "accuracy": finite_or_none(e["accuracy"]),
-        }
-        for e in body.get("epochs", [])[:10000]
-    ]
-    return deltas, {"numSamples": body["numSamples"], "metrics": clean, "epochs": epochs}
+    clean.update(metrics)
+    return {"numSamples": output.num_samples, "metrics": clean}
 
 
 def deltas_summary(deltas: dict[str, np.ndarray], base_version: int) -> dict:
@@ -210,8 +211,9 @@ def deltas_summary(deltas: dict[str, np.ndarray], base_version: int) -> dict:
         "sha256": hashlib.sha256(b"".join(t.astype(np.float32).tobytes() for t in flat)).hexdigest(),
         "baseVersion": base_version,
     }
-    norm = math.sqrt(sum(float(np.dot(t, t)) for t in flat))
-    if math.isfinite(norm):
-        summary["l2Norm"] = norm
-        summary["maxAbs"] = float(max((np.abs(t).max() for t in flat if t.size), default=0.0))
+    with contextlib.suppress(ValueError):
+        norm = math.sqrt(sum(float(np.dot(t, t)) for t in flat))
+        if math.isfinite(norm):
+            summary["l2Norm"] = norm
+            summary["maxAbs"] = float(max((np.abs(t).max() for t in flat if t.size), default=0.0))
     return summary

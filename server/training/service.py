@@ -23,13 +23,14 @@ from ..errors import NotFound, TooManyRequests
 from ..staging import write_inputs
 from ..storage import cycles as cycle_rows
 from ..storage.cycles import Cycle
-from ..storage.models import ModelInfo, ModelStore, unknown_model
+from ..storage.models import ModelStore
 from ..store import Store
 from ..vocabulary import ACTIVE_STATUSES, RUNNING_STATUSES, CycleStatus, FailureReason
-from . import caps, jobs, rounds, standing
+from . import caps, rounds, standing
 from .aggregate import RoundResult, aggregate_round
 from .catalog import ModelCatalog, policy_of
 from .executors import executor_from
+from .prepare import JobPreparer, PreparedJob
 from .runner import AttemptSpec, CycleOutcome, Progress, Verdict
 from .scheduler import CycleHooks, RetryPolicy, Scheduler
 from .shared_model import SharedModels
@@ -54,6 +55,7 @@ class TrainingService:
         self._events: asyncio.Queue[rounds.Event] = asyncio.Queue()
         self.book = rounds.RoundBook()
         self.catalog = ModelCatalog(settings, store, self.models, self._events.put_nowait, audit)
+        self.preparer = JobPreparer(settings, self.models, self.catalog.announce)  # datasets: set by the app
         self._work_dir = Path(state_dir) / "cycles"
         self._cycles: dict[str, Cycle] = {}  # live ones; finished ones are read from the store
         self._consumer: asyncio.Task | None = None
@@ -90,7 +92,7 @@ class TrainingService:
         recovered = []
         for cycle in cycle_rows.unfinished(self.store):
             cycle.status, cycle.result = CycleStatus.QUEUED, None
-            if not (self._work_dir / cycle.cycle_id / "data" / "job.json").exists():
+            if not (self._work_dir / cycle.cycle_id / "job.json").exists():
                 self._fail_blocking(cycle, FailureReason.LOST, "the cycle's inputs were lost in a restart")
             elif cycle.attempts > self.settings.petals_max_retries:
                 message = f"interrupted {cycle.attempts} times (service restarts); giving up"
@@ -122,6 +124,9 @@ class TrainingService:
     async def create_model(self, created_by: str | None, body: dict) -> dict:
         return await self.catalog.create(created_by, body)
 
+    async def create_program_model(self, created_by: str | None, upload) -> dict:
+        return await self.catalog.create_with_program(created_by, upload, self._work_dir.parent)
+
     async def list_models(self, viewer: str | None = None) -> dict:
         return await self.catalog.list(viewer)
 
@@ -131,29 +136,14 @@ class TrainingService:
 
     # ---- submission ----
 
-    async def prepare(self, body: dict) -> tuple[ModelInfo, dict, object, object]:
-        """A PetalTrainingRequest checked against its model (created here only with
-        autoCreateModels): the model, the job description, and the batch as arrays."""
-        family, name = jobs.parse_model_type(body["modelType"])
-        jobs.check_shape(body)
-        existing = await asyncio.to_thread(self.models.get, name)
-        if existing is None and not self.settings.auto_create_models:
-            raise await asyncio.to_thread(self._unknown, name)
-        signature = jobs.job_signature(self.settings, family, body, existing.signature if existing else None)
-        if existing is not None:
-            jobs.check_same_signature(name, existing.signature, signature)
-        request = jobs.job_request(self.settings, name, signature, body)
-        x, y = await asyncio.to_thread(jobs.check_batch, signature, body["dataBatch"])
-        if existing is not None:
-            return existing, request, x, y
-        # Only a request valid in every other respect may create the model.
-        info, created = await asyncio.to_thread(self.models.ensure, name, signature)
-        if created:
-            await self.catalog.announce(info, None)
-        return info, request, x, y
+    async def prepare(self, body: dict, agent_id: str | None = None) -> PreparedJob:
+        """A PetalTrainingRequest checked against its model (see prepare.py)."""
+        return await self.preparer.prepare(body, agent_id)
 
-    def _unknown(self, name: str) -> NotFound:
-        return unknown_model(name, self.models.names())
+    def dataset_in_use(self, dataset_id: str) -> bool:
+        """The DatasetService's hook: a queued or running cycle trains on the dataset."""
+        return any(c.request.get("datasetId") == dataset_id and c.status in ACTIVE_STATUSES
+                   for c in self._cycles.values())  # fmt: skip
 
     async def submit(self, agent_id: str, body: dict) -> dict:
         if self._stopping:
@@ -162,12 +152,12 @@ class TrainingService:
         if len(self.scheduler.queue) >= depth:
             raise TooManyRequests(f"the training queue is full ({depth} cycles waiting); retry later",
                                   retry_after_s=max(1, int(self.settings.petals_retry_base_delay_s * 4)))  # fmt: skip
-        info, request, x, y = await self.prepare(body)
+        info, request, x, y = await self.prepare(body, agent_id)
         await asyncio.to_thread(standing.check_admission, self, agent_id, info)
         cycle = Cycle(f"cy-{secrets.token_hex(8)}", agent_id, info.name, CycleStatus.QUEUED, request,
                       info.current_version, time.time())  # fmt: skip
         try:
-            await asyncio.to_thread(write_inputs, self._work_dir / cycle.cycle_id / "data", request, x, y)
+            await asyncio.to_thread(write_inputs, self._work_dir / cycle.cycle_id, request, x, y)
             await asyncio.to_thread(cycle_rows.insert, self.store, cycle)
         except BaseException:
             await asyncio.to_thread(self.cleanup_inputs, cycle.cycle_id)
@@ -208,8 +198,14 @@ class TrainingService:
         await self._persist(cycle)
         self._set_gauges()
         base = await asyncio.to_thread(self.models.version, cycle.model_name, cycle.base_version)
+        data_dir = None
+        if "datasetId" in cycle.request:  # kept while the cycle is active (dataset_in_use)
+            dataset = await asyncio.to_thread(self.preparer.datasets.get, cycle.request["datasetId"])
+            data_dir = str(self.preparer.datasets.directory(dataset))
+        program = (await asyncio.to_thread(self.models.require, cycle.model_name)).program or {}
         spec = AttemptSpec(cycle.cycle_id, cycle.agent_id, cycle.attempts, cycle.request,
-                           self._work_dir / cycle.cycle_id / "data", base.path, cycle.base_version)  # fmt: skip
+                           self._work_dir / cycle.cycle_id, base.path, cycle.base_version, data_dir,
+                           program.get("programDir"), tuple(program.get("entrypoint") or ()))  # fmt: skip
 
         def on_progress(progress: Progress) -> None:
             cycle.progress = progress.as_json()

@@ -4,14 +4,32 @@ versions, predictions through onnxruntime; and the hold-out set validators evalu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, Conflict, NotFound
 from ..onnx_export import OnnxRunner, to_onnx
 from ..storage.models import ModelStore
-from .jobs import check_batch
+from . import program_models
+from .jobs import check_batch, check_rows
+
+
+def _program_graph(info) -> bytes:
+    """The model's registered ONNX graph; a 409 when it was registered without one."""
+    path = info.program.get("onnxPath")
+    if not path:
+        raise Conflict(
+            f"model {info.name!r} was registered without an onnx part: predict and ONNX export "
+            "need its inference graph"
+        )
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != info.program["onnxSha256"]:
+        raise RuntimeError(f"ONNX graph {path} does not match its recorded sha256; refusing to use it")
+    return data
+
 
 # Probabilities are clipped this far from 0 and 1 before a log, so a confident mistake
 # costs a large but finite loss.
@@ -69,7 +87,7 @@ class SharedModels:
             "modelType": model_name,
             "version": version_info.version,
             "currentVersion": info.current_version,
-            "signature": info.signature.as_dict(),
+            "signature": info.signature.as_dict() if info.signature else None,
             "metadata": labelled(visible_metadata(version_info.metadata, viewer)),
             "parameters": {
                 name: {"shape": list(v.shape), "values": v.ravel().tolist()} for name, v in params.items()
@@ -80,6 +98,9 @@ class SharedModels:
         info = await asyncio.to_thread(self.models.require, model_name)
         version_info = await asyncio.to_thread(self.models.version, model_name, version)
         params = await asyncio.to_thread(self.models.load, version_info)
+        if info.program is not None:
+            graph = await asyncio.to_thread(_program_graph, info)
+            return await asyncio.to_thread(program_models.with_tensors, graph, params)
         return await asyncio.to_thread(to_onnx, info.signature, params, model_name, version_info.version)
 
     async def versions(self, model_name: str, viewer: str | None = None) -> dict:
@@ -91,6 +112,8 @@ class SharedModels:
 
     async def predict(self, model_name: str, inputs: list, version: int | None = None) -> dict:
         info = await asyncio.to_thread(self.models.require, model_name)
+        if info.program is not None:
+            return await self._predict_program(info, inputs, version)
         width = info.signature.input_dim
         for index, row in enumerate(inputs):
             if len(row) != width:
@@ -109,6 +132,11 @@ class SharedModels:
     async def evaluation(self, model_name: str, version: int | None) -> dict:
         """A version's loss and accuracy on the registered hold-out set (not on training data)."""
         info = await asyncio.to_thread(self.models.require, model_name)
+        if info.signature is None:
+            raise Conflict(
+                f"model {model_name!r} brings its own program: its held-out figures are its versions' "
+                "validation metrics (GET /v1/petals/model/versions)"
+            )
         holdout = await asyncio.to_thread(self.models.holdout, info)
         if holdout is None:
             raise NotFound(
@@ -122,9 +150,43 @@ class SharedModels:
         return {"modelType": model_name, "version": version_info.version, "source": "held-out",
                 "samples": len(y), **figures}  # fmt: skip
 
+    async def _predict_program(self, info, inputs: list, version: int | None) -> dict:
+        """A program model's graph on `inputs` (its first input and output), the version's tensors
+        in place of its initializers."""
+        try:
+            x = np.asarray(inputs, dtype=np.float32)
+        except ValueError:
+            raise BadRequest("inputs must be rows of numbers of one width") from None
+        if not np.isfinite(x).all():
+            raise BadRequest("inputs must be finite float32 numbers")
+        version_info = await asyncio.to_thread(self.models.version, info.name, version)
+        model = await self.shared_model_onnx(info.name, version_info.version)
+
+        def run():
+            session = self.onnx.session(version_info.sha256, model)
+            feed = session.get_inputs()[0]
+            shape = [d if isinstance(d, int) else -1 for d in feed.shape]
+            if len(shape) != x.ndim or any(d not in (-1, g) for d, g in zip(shape, x.shape, strict=True)):
+                raise BadRequest(
+                    f"inputs have shape {list(x.shape)}; the graph's input {feed.name} is {feed.shape}"
+                )
+            return session.run([session.get_outputs()[0].name], {feed.name: x})[0]
+
+        outputs = await asyncio.to_thread(run)
+        return {"modelType": info.name, "version": version_info.version, "outputs": outputs.tolist(),
+                "provider": self.onnx.provider}  # fmt: skip
+
     async def register_holdout(self, model_name: str, items: list) -> dict:
         info = await asyncio.to_thread(self.models.require, model_name)
-        x, y = await asyncio.to_thread(check_batch, info.signature, items)
+        if info.program is not None:
+            if not info.program.get("onnxPath") and not info.program.get("evaluateEntrypoint"):
+                raise Conflict(
+                    f"model {model_name!r} has neither an onnx graph nor an evaluateEntrypoint: "
+                    "nothing could evaluate a hold-out set"
+                )
+            x, y = await asyncio.to_thread(check_rows, items)
+        else:
+            x, y = await asyncio.to_thread(check_batch, info.signature, items)
         await asyncio.to_thread(self.models.set_holdout, model_name, x, y)
         if self.audit is not None:
             await self.audit.append("holdout_registered", model_name, {"samples": len(items)})

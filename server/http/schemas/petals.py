@@ -14,6 +14,18 @@ from .sandboxes import _CPU, _MEMORY, _NULLABLE_INT
 
 CYCLE_STATUSES = [str(s) for s in words.CycleStatus]
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
+_ENTRYPOINT = {
+    "description": "The command run in the sandbox: an argv list, or one string split as a shell would",
+    "anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": 4096},
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 64,
+            "items": {"type": "string", "minLength": 1, "maxLength": 4096},
+        },
+    ],
+}
 _MODEL_CONFIG = {
     "type": "object",
     "additionalProperties": False,
@@ -164,7 +176,16 @@ _TRAINING_PROPERTIES = {
     "resourceCaps": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"cpu": _CPU, "memory": _MEMORY},
+        "properties": {
+            "cpu": _CPU,
+            "memory": _MEMORY,
+            "gpu": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": words.GPU_COUNT_MAX,
+                "description": "GPUs the program sees",
+            },
+        },
     },
     "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
 }
@@ -173,11 +194,48 @@ _TRAINING_PROPERTIES = {
 PETALS: dict[str, dict[str, Any]] = {
     "PetalTrainingRequest": {
         "type": "object",
-        "required": ["dataBatch", "modelType"],
+        "required": ["modelType"],
         "additionalProperties": False,
-        "properties": _TRAINING_PROPERTIES,
+        "description": "Exactly one of dataBatch or datasetId (a dataset of the caller's, bound read-only at /data)",
+        "properties": {**_TRAINING_PROPERTIES, "datasetId": ref("DatasetId")},
     },
     "RoundPolicy": _ROUND_POLICY,
+    "ModelProgramSpec": {
+        "type": "object",
+        "required": ["modelType", "entrypoint"],
+        "additionalProperties": False,
+        "description": "The `spec` part of a multipart model registration",
+        "properties": {
+            "modelType": {
+                "type": "string",
+                "pattern": f"^{words.MODEL_LABEL}$",
+                "description": "A plain name, no family",
+            },
+            "roundPolicy": ref("RoundPolicy"),
+            "entrypoint": _ENTRYPOINT,
+            "evaluateEntrypoint": _ENTRYPOINT,
+            "hyperparameters": {"type": "object", "maxProperties": 256},
+        },
+    },
+    "ModelUpload": {
+        "type": "object",
+        "required": ["spec", "program", "parameters"],
+        "description": "multipart/form-data parts; together at most PETALS_MODEL_UPLOAD_MAX_BYTES",
+        "properties": {
+            "spec": ref("ModelProgramSpec"),
+            "program": {"type": "string", "format": "binary", "description": "A .py, .tar.gz or .zip"},
+            "parameters": {
+                "type": "string",
+                "format": "binary",
+                "description": "version 0, .safetensors, float32",
+            },
+            "onnx": {
+                "type": "string",
+                "format": "binary",
+                "description": "An inference graph whose initializers carry the tensors' names",
+            },
+        },
+    },
     "ModelCreateRequest": {
         "type": "object",
         "required": ["modelType", "modelConfig"],
@@ -194,7 +252,14 @@ PETALS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
         "properties": {
             "modelType": ref("ModelName"),
-            "signature": {"type": "object"},
+            "signature": {
+                "type": ["object", "null"],
+                "description": "A built-in family's; null with a program",
+            },
+            "program": {
+                "type": "object",
+                "description": "A model with its own program: its hashes and entrypoints",
+            },
             "currentVersion": NON_NEGATIVE_INT,
             "roundPolicy": {
                 **_ROUND_POLICY,
@@ -232,6 +297,10 @@ PETALS: dict[str, dict[str, Any]] = {
             "progress": {"type": "object"},
             "result": {"type": "object"},
             "error": {"type": "object"},
+            "logs": {
+                "type": "string",
+                "description": "The program's stdout and stderr (progress lines left out), their tails kept",
+            },
         },
     },
     "SharedModel": {
@@ -241,7 +310,7 @@ PETALS: dict[str, dict[str, Any]] = {
             "modelType": ref("ModelName"),
             "version": NON_NEGATIVE_INT,
             "currentVersion": NON_NEGATIVE_INT,
-            "signature": {"type": "object"},
+            "signature": {"type": ["object", "null"]},
             "metadata": {"type": "object"},
             "parameters": {"type": "object"},
         },
