@@ -159,7 +159,7 @@ def test_refuses_corrupt_database_and_never_overwrites_it(tmp_path, content):
         ("PETALS_DEFAULT_LEARNING_RATE", "-0.1", "a number > 0"),
         ("PETALS_DEFAULT_LEARNING_RATE", "nan", "a number > 0"),
         ("PETALS_DEFAULT_BATCH_SIZE", "1.5", "an integer between 1 and 65536"),
-        ("PETALS_DEFAULT_EPOCHS", "", "an integer between 1 and 10000"),
+        ("PETALS_DEFAULT_EPOCHS", "", "an integer between 1 and 1000"),
         ("SANDBOX_DEFAULT_CPU", "0", "a number > 0"),
         ("SANDBOX_DEFAULT_MEMORY", "-5", "an integer between 16 and 262144"),
         ("SANDBOX_MAX_LIFETIME", "forever", "an integer between 1 and 604800"),

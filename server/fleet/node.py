@@ -20,7 +20,6 @@ from pathlib import Path
 from runtime.gpu import discover as discover_gpus
 
 from ..errors import StartupRefused
-from .agent import NodeAgent
 from .names import NAMESPACE, SLOT, agent_name
 
 
@@ -47,6 +46,8 @@ def preflight(state_dir: Path) -> tuple[bool, list[dict]]:
 
 def sweep(state_dir: Path) -> dict:
     """The orphans of this node's earlier sandboxes (same state dir, same instance) removed."""
+    from .agent import NodeAgent  # the whole service stack: only when a node really starts
+
     agent = NodeAgent(str(state_dir), "sweep", 0, 0, True)
 
     async def go() -> dict:
@@ -85,6 +86,8 @@ def start(args: argparse.Namespace) -> int:
     subprocess.run(command, check=True, stdout=sys.stderr if args.quiet else None)
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .agent import NodeAgent
 
     _connect(args)
     try:

@@ -33,9 +33,15 @@ class Upload:
 
 
 def entrypoint_argv(value) -> list[str]:
+    """The command a spec's entrypoint names. A bare `train.py` (or `pkg/train.py`) is one of the
+    program's own files, run by the sandbox's Python: `python /program/train.py`."""
     argv = shlex.split(value) if isinstance(value, str) else list(value)
     if not argv:
         raise BadRequest("spec.entrypoint must name a command")
+    if argv[0].endswith(".py") and not argv[0].startswith("/"):
+        if ".." in argv[0].split("/"):
+            raise BadRequest("spec.entrypoint must name a file inside the program")
+        argv = ["python", f"/program/{argv[0]}", *argv[1:]]
     return argv
 
 
