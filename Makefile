@@ -56,8 +56,9 @@ format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# scripts/run-tests.sh: the Ray cluster and browser tests run beside the rest (two pytest sessions).
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PY=$(PY) scripts/run-tests.sh $(PYTEST_ARGS)
 
 bench: install
 	scripts/host-packages.sh $(BENCH_PACKAGES)

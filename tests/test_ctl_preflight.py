@@ -44,9 +44,13 @@ def test_preflight_checks_this_host_as_root(tmp_path):
         "seccomp",
         "launcher",
         "state dir",
-        "sandbox uids",
     ):
         assert checks[name]["status"] == "pass", checks[name]
+    # Sandboxes that other suites on this host have running make the uid check warn, and only then.
+    uids = checks["sandbox uids"]
+    assert uids["status"] == "pass" or (uids["status"] == "warn" and "processes run as" in uids["detail"]), (
+        uids
+    )
     assert "statically linked" in checks["launcher"]["detail"]
     assert "600000-659999" in checks["sandbox uids"]["detail"]
     assert report["ok"] == all(c["status"] != "fail" for c in checks.values())
@@ -188,7 +192,9 @@ def test_uid_check_fails_a_range_with_host_accounts(tmp_path):
     passwd.write_text("root:x:0:0::/root:/bin/sh\nintruder:x:600123:600123::/:/bin/sh\n")
     check = preflight.check_sandbox_uids(Settings(), passwd=passwd, group=tmp_path / "none")
     assert check.status == "fail" and "intruder (600123)" in check.detail and "SANDBOX_UID_RANGE" in check.fix
+    # A range no sandbox of any run on this host uses: nothing runs as it either.
+    unused = Settings(sandbox_uid_range="900000-900099")
     assert (
-        preflight.check_sandbox_uids(Settings(), passwd=tmp_path / "none", group=tmp_path / "none").status
+        preflight.check_sandbox_uids(unused, passwd=tmp_path / "none", group=tmp_path / "none").status
         == "pass"
     )
