@@ -26,7 +26,7 @@ def job_description(request: dict) -> dict:
     job = {key: request[key] for key in JOB_FIELDS if key in request}
     hyperparameters = dict(request.get("hyperparameters") or {})
     if "signature" in request:
-        hyperparameters.setdefault("signature", request["signature"])
+        hyperparameters["signature"] = request["signature"]  # the service's, whatever a job says
     job["hyperparameters"] = hyperparameters
     return job
 

@@ -222,3 +222,26 @@ def test_only_the_admin_or_a_model_author_may_register(server):
              "parameters": ("p.safetensors", parameters())}  # fmt: skip
     status, body = register(server, server.tokens["agent"], parts)
     assert status == 403, body
+
+
+HYPER_PROGRAM = b"""import numpy as np
+import wondercraft_learn as wl
+
+job, base = wl.job(), wl.read_base()
+wl.write_deltas({name: np.zeros_like(t) for name, t in base.items()})
+hp = job["hyperparameters"]
+wl.write_metrics(job["numSamples"], loss=0.0, rate=float(hp["rate"]), kept=float(hp["kept"]))
+"""
+
+
+def test_a_jobs_hyperparameters_reach_the_program_over_the_models_defaults(server):
+    status, model = register(server, server.tokens["author"], {
+        "spec": spec("hyper-defaults", "hyper.py", hyperparameters={"rate": 0.1, "kept": 7}),
+        "program": ("hyper.py", HYPER_PROGRAM), "parameters": ("p.safetensors", parameters()),
+    })  # fmt: skip
+    assert status == 201, model
+    batch = [{"x": [1.0, 2.0], "y": 3.0}, {"x": [0.0, 1.0], "y": 1.0}]
+    cycle = train(server, server.tokens["agent"], {"modelType": "hyper-defaults", "dataBatch": batch,
+                                                   "hyperparameters": {"rate": 0.5}})  # fmt: skip
+    metrics = cycle["result"]["metrics"]
+    assert metrics["rate"] == 0.5 and metrics["kept"] == 7.0, metrics

@@ -189,6 +189,7 @@ def job_request(
             "gpu": granted.gpu_count,
         },
         "numSamples": len(body.get("dataBatch") or ()),  # a dataset's rows are set by its caller
+        "hyperparameters": dict(body.get("hyperparameters") or {}),
     }
 
 

@@ -112,7 +112,11 @@ class JobPreparer:
         if body.get("modelConfig"):
             raise BadRequest(f"modelConfig applies to built-in families only, not to {name!r}")
         request = jobs.job_request(self.settings, name, None, body)
-        request["hyperparameters"] = dict(info.program.get("hyperparameters") or {})
+        # The job's own hyperparameters over the model's defaults.
+        request["hyperparameters"] = {
+            **(info.program.get("hyperparameters") or {}),
+            **request["hyperparameters"],
+        }
         if "datasetId" in body:
             dataset = await self._dataset(body, agent_id)
             request["datasetId"], request["numSamples"] = dataset.dataset_id, max(dataset.num_rows, 1)

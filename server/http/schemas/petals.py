@@ -188,6 +188,14 @@ _TRAINING_PROPERTIES = {
         },
     },
     "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+    "hyperparameters": {
+        "type": "object",
+        "maxProperties": 64,
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"},
+        "additionalProperties": {"description": "any JSON value"},
+        "description": "Free-form values for the program, merged over the model's default hyperparameters "
+        "into /job.json",
+    },
 }
 
 
