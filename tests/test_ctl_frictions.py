@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ctl.model import multipart
-from tests.helpers import ADMIN_TOKEN, api_server, clean_env, http, register_agent
+from tests.helpers import ADMIN_TOKEN, api_server, clean_env, http, register_agent, wait_cycle
 from tests.test_ctl import CTL, JOB, ctl, ok, one_line_error
 
 
@@ -188,12 +188,11 @@ def test_cycles_logs_prints_the_records_logs_or_says_the_service_has_none(server
     cycle_id = ok(
         ctl(server, "train", "linear:train-cli", "--job", job_file(tmp_path), token=server.token)
     ).split()[0]
-    _, cycle, _ = http("GET", f"{server.url}/v1/petals/status/{cycle_id}", token=server.token)
+    cycle = wait_cycle(server, server.token, cycle_id)
+    assert "logs" in cycle, cycle
     result = ctl(server, "cycles", "logs", cycle_id)
-    if "logs" in cycle:
-        assert result.returncode == 0, result.stderr
-    else:
-        one_line_error(result, 6, "has no logs")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == cycle["logs"].strip()
     one_line_error(ctl(server, "cycles", "logs", "cy-nothing"), 5, "cy-nothing")
 
 
