@@ -117,7 +117,7 @@ def test_an_agent_sees_its_own_entries_and_those_of_models_it_trains_with_pseudo
         entries = body["entries"]
         assert {e["agentId"] for e in entries} == {None, "agent-a"}
         assert {e["modelName"] for e in entries} == {None, "linear"}  # nothing about mnist
-        assert "agent-b" not in json.dumps(body)
+        assert '"agent-b"' not in json.dumps(body)  # as a whole value: a pseudonym may begin "agent-b..."
         proposal = next(e for e in entries if e["kind"] == "round_proposal")
         ids = [p["agentId"] for p in proposal["body"]["participants"]]
         assert ids[0] == "agent-a" and ids[1] != "agent-b"
