@@ -79,7 +79,7 @@ async def _warm_round(pool: WarmPool, profile: str, binds: list[Bind], steps: di
     began = time.monotonic()
     warm = await pool.acquire(profile, "bench")
     acquired = time.monotonic()
-    result = await warm.run(binds, ["python", "/program/main.py"], timeout_s=120)
+    result = (await warm.run(binds, ["python", "/program/main.py"], timeout_s=120)).result
     ms = _first_line_ms(result, began)
     steps.setdefault("acquire", []).append((acquired - began) * 1000)
     for step, value in warm.timings_ms.items():
@@ -118,7 +118,7 @@ async def _throughput(manager: SandboxManager, pool: WarmPool | None, binds: lis
 
     async def worker() -> None:
         while time.monotonic() < deadline:
-            result, warm = await run_cycle(
+            result, warm, _ = await run_cycle(
                 manager, pool, "numpy", spec, ["python", "/program/main.py"], timeout_s=120
             )
             done["failed" if result.exit_code != 0 else "warm" if warm else "cold"] += 1

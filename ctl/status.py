@@ -36,7 +36,20 @@ def status_items(s: dict, url: str) -> list[tuple[str, str]]:
     ]  # fmt: skip
     if s.get("admission"):
         items.append(("admission", admission_line(s["admission"])))
+    items.append(("warm pool", warm_pool_line(s.get("warmPool"))))
     return items
+
+
+def warm_pool_line(pool: dict | None) -> str:
+    """Per profile: "numpy 2 idle of 2, 1 warming, 14 hits, 3 misses, warm-up p50 850 ms"."""
+    if not pool:
+        return "off"
+    return "; ".join(
+        f"{name} {p['idle']} idle of {p['size']}, {p['warming']} warming, {p['hits']} hits, "
+        f"{p['misses']} misses, warm-up p50 "
+        + (f"{p['warmupMsP50']:.0f} ms" if isinstance(p.get("warmupMsP50"), int | float) else "-")
+        for name, p in sorted(pool.items())
+    )
 
 
 def admission_line(admission: dict) -> str:

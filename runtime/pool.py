@@ -26,8 +26,9 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from . import attach, mounts
 from .admission import HOST_CPU, HOST_GPUS, HOST_MEMORY, AdmissionRefused
@@ -41,6 +42,9 @@ ZYGOTE = f"{mounts.PROGRAM_DIR}/wc_zygote.py"
 READY = "wondercraft-zygote: ready"
 WARMUP_TIMEOUT_S = 120.0
 REFILL_BACKOFF_S = 2.0
+# A cycle that asks for less memory than its profile takes a warm sandbox only if this much
+# stays free above what the zygote already holds.
+RETUNE_HEADROOM_BYTES = 16 << 20
 # Counters of a cumulative kind, subtracted from a cycle's record at job start.
 CUMULATIVE = (
     "cpu_user_s",
@@ -83,6 +87,20 @@ def _subtract(after: Mapping, before: Mapping) -> dict:
         if isinstance(after.get(key), int | float) and isinstance(before.get(key), int | float):
             out[key] = max(0, round(after[key] - before[key], 6))
     return out
+
+
+# What a cycle's caller reads from its sandbox after the program ended and before the
+# sandbox is destroyed (a learn cycle's /out): called with the sandbox and the result.
+Collect = Callable[[Sandbox, ExecResult], Awaitable[Any]]
+
+
+class CycleRun(NamedTuple):
+    """One cycle's sandbox run: the result, whether a warm sandbox served it, and what
+    `collect` returned (None without one)."""
+
+    result: ExecResult
+    warm: bool
+    collected: Any = None
 
 
 class WarmSandbox:
@@ -132,13 +150,15 @@ class WarmSandbox:
         workdir: str = mounts.WORK_DIR,
         on_stderr_line: Callable[[str], None] | None = None,
         destroy_reason: str = "destroyed",
-    ) -> ExecResult:
-        """Attach `binds` read-only, run argv in the zygote, destroy the sandbox. The result
-        is SandboxManager.execute's, its usage covering this cycle only; usage["sandbox"]
-        holds the sandbox's final record (destroy's). Raises SandboxError (the sandbox is
-        gone then too) when the sandbox died while idle or an input cannot be attached."""
+        collect: Collect | None = None,
+    ) -> CycleRun:
+        """Attach `binds` read-only, run argv in the zygote, then `collect` (what the cycle
+        left in the sandbox), then destroy the sandbox. The result is SandboxManager.execute's,
+        its usage covering this cycle only; usage["sandbox_record"] holds the sandbox's final
+        record (destroy's). Raises SandboxError (the sandbox is gone then too) when the
+        sandbox died while idle or an input cannot be attached."""
         manager = self.pool.manager
-        result = None
+        result = collected = None
         mark = time.perf_counter()
         try:
             if not self.alive or self._job.done():
@@ -160,10 +180,12 @@ class WarmSandbox:
                 execution.ending_reason = "timeout"
                 execution.end_requested.set()
             result = self._cycle_result(await manager.end_background(self.id, execution.id), before, began)
+            if collect is not None:
+                collected = await collect(self.sandbox, result)
         finally:
             record = await self.pool._discard(self, destroy_reason)
         result.usage["sandbox_record"] = record
-        return result
+        return CycleRun(result, True, collected)
 
     def _lap(self, step: str, since: float) -> float:
         now = time.perf_counter()
@@ -245,9 +267,30 @@ class WarmPool:
 
     # ------------------------------------------------------------ acquire --
 
-    async def acquire(self, profile: str, agent_id: str) -> WarmSandbox | None:
-        """A warm sandbox of `profile` for `agent_id`, announced under that agent, or None
-        (no such profile, none ready, or the agent's quota refuses it): go cold then."""
+    def fits(self, profile: str, caps: ResourceCaps) -> bool:
+        """Whether a warm sandbox of `profile` can serve a cycle with `caps`: the same storage,
+        GPUs and I/O caps, and cpu, memory and pids at most the profile's (they are tightened
+        to the cycle's when it takes one)."""
+        held = self.profiles.get(profile)
+        if held is None:
+            return False
+        ceiling = held.caps
+        rest = dataclasses.replace(
+            caps, cpu_cores=ceiling.cpu_cores, memory_mb=ceiling.memory_mb, pids=ceiling.pids
+        )
+        return (
+            rest == ceiling
+            and caps.cpu_cores <= ceiling.cpu_cores
+            and caps.memory_mb <= ceiling.memory_mb
+            and caps.pids <= ceiling.pids
+        )
+
+    async def acquire(
+        self, profile: str, agent_id: str, caps: ResourceCaps | None = None
+    ) -> WarmSandbox | None:
+        """A warm sandbox of `profile` for `agent_id`, with `caps` when given (see fits), announced
+        under that agent, or None (no such profile, none ready, the agent's quota refuses it, or
+        the zygote holds too much memory for the cycle's cap): go cold then."""
         warm = None
         idle = self._idle.get(profile)
         while idle:
@@ -256,19 +299,34 @@ class WarmPool:
                 warm = candidate
                 break
             await self._discard(candidate, "killed")
-        if warm is not None and not await self._hand_over(warm, agent_id):
-            idle.insert(0, warm)
-            warm = None
+        if warm is not None:
+            try:
+                taken = await self._hand_over(warm, agent_id, caps or warm.sandbox.spec.caps)
+            except (SandboxError, OSError) as exc:
+                log.warning(
+                    "warm sandbox could not be handed over", extra={"sandbox_id": warm.id, "error": str(exc)}
+                )
+                await self._discard(warm, "killed")
+                warm = None
+            else:
+                if not taken:
+                    idle.insert(0, warm)
+                    warm = None
         self._count(profile, "hits" if warm is not None else "misses")
         self._wake.set()
         return warm
 
-    async def _hand_over(self, warm: WarmSandbox, agent_id: str) -> bool:
-        """Move the reservation and the sandbox to the cycle's agent (its quota applies)."""
+    async def _hand_over(self, warm: WarmSandbox, agent_id: str, caps: ResourceCaps) -> bool:
+        """Move the reservation and the sandbox to the cycle's agent (its quota applies), its
+        caps tightened to the cycle's."""
         sandbox = warm.sandbox
+        held = sandbox.spec.caps
+        if caps != held:
+            current = self.manager.usage(sandbox.id).memory_current_bytes
+            if current is None or current + RETUNE_HEADROOM_BYTES > caps.memory_mb << 20:
+                return False
         admission = self.manager.admission
         if admission is not None:
-            caps = sandbox.spec.caps
             admission.release(sandbox.id)
             try:
                 admission.admit(
@@ -277,14 +335,19 @@ class WarmPool:
                 )  # fmt: skip
             except AdmissionRefused:
                 admission.admit(
-                    sandbox.id, POOL_AGENT, memory_mb=caps.memory_mb, cpu_cores=caps.cpu_cores,
-                    gpus=caps.gpu_count, expires_at=sandbox.expires_at,
+                    sandbox.id, POOL_AGENT, memory_mb=held.memory_mb, cpu_cores=held.cpu_cores,
+                    gpus=held.gpu_count, expires_at=sandbox.expires_at,
                 )  # fmt: skip
                 return False
-        sandbox.spec = dataclasses.replace(sandbox.spec, agent_id=agent_id)
         warm.taken = True
+        if caps != held:
+            self.manager.retune(sandbox, caps)
+        sandbox.spec = dataclasses.replace(sandbox.spec, agent_id=agent_id)
         await self.manager.announce(sandbox)
         return True
+
+    def count_miss(self, profile: str) -> None:
+        self._count(profile, "misses")
 
     def _count(self, profile: str, what: str) -> None:
         if profile in self.stats:
@@ -431,33 +494,45 @@ async def run_cycle(
     env: Mapping[str, str] | None = None,
     on_stderr_line: Callable[[str], None] | None = None,
     output_limit_bytes: int | None = None,
-) -> tuple[ExecResult, bool]:
-    """One learn cycle's sandbox, warm when the pool has one of `profile` with spec's caps
-    (spec.binds attached read-only, spec.env applied), cold otherwise: (result, warm).
-    Either way the sandbox is destroyed and forgotten before this returns and
-    result.usage["sandbox_record"] is its final record."""
+    on_sandbox: Callable[[str], None] | None = None,
+    collect: Collect | None = None,
+) -> CycleRun:
+    """One learn cycle's sandbox, warm when the pool has one of `profile` that fits spec's
+    caps (spec.binds attached read-only, spec.env applied), cold otherwise. `on_sandbox` hears
+    the sandbox's id once the cycle has one; `collect` runs after the program ended, before
+    the sandbox goes. Either way the sandbox is destroyed and forgotten before this returns
+    and result.usage["sandbox_record"] is its final record. A cold create's AdmissionRefused
+    and SandboxError reach the caller."""
     warm = None
-    if pool is not None and getattr(pool.profiles.get(profile), "caps", None) == spec.caps:
+    if pool is not None and profile in pool.profiles:
         limit = output_limit_bytes or manager.output_limit_bytes
-        if spec.network == "isolated" and limit == pool.output_limit_bytes:
-            warm = await pool.acquire(profile, spec.agent_id)
+        if pool.fits(profile, spec.caps) and spec.network == "isolated" and limit == pool.output_limit_bytes:
+            warm = await pool.acquire(profile, spec.agent_id, spec.caps)
+        else:
+            pool.count_miss(profile)  # a shape the pool does not keep: cold, and counted
     if warm is not None:
+        if on_sandbox is not None:
+            on_sandbox(warm.id)
         try:
-            result = await warm.run(
+            return await warm.run(
                 spec.binds, argv, env={**spec.env, **(env or {})}, timeout_s=timeout_s,
-                on_stderr_line=on_stderr_line,
+                on_stderr_line=on_stderr_line, collect=collect,
             )  # fmt: skip
-            return result, True
         except SandboxError as exc:  # it died idle, or an input could not be attached
             log.warning("warm sandbox failed, going cold", extra={"sandbox_id": warm.id, "error": str(exc)})
     sandbox = await manager.create(spec)
+    if on_sandbox is not None:
+        on_sandbox(sandbox.id)
+    collected = None
     try:
         result = await manager.execute(
             sandbox.id, argv, timeout_s=timeout_s, env=env, on_stderr_line=on_stderr_line,
             output_limit_bytes=output_limit_bytes,
         )  # fmt: skip
+        if collect is not None:
+            collected = await collect(sandbox, result)
     finally:
         record = await manager.destroy(sandbox.id, reason="destroyed")
         manager.forget(sandbox.id)
     result.usage["sandbox_record"] = record
-    return result, False
+    return CycleRun(result, False, collected)

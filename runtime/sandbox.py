@@ -433,6 +433,24 @@ class SandboxManager:
             await self.announce(sandbox)
         return sandbox
 
+    def retune(self, sandbox: Sandbox, caps: ResourceCaps) -> None:
+        """Tighten a running sandbox's cpu, memory and pids caps to `caps` (a warm sandbox
+        taken by a cycle that asks for less than its profile); its spec then names `caps`, so
+        its environment, record and limits are the cycle's. Only cpu, memory and pids may
+        differ, each at most the current cap; anything else raises InvalidSpec."""
+        current = sandbox.spec.caps
+        same_otherwise = dataclasses.replace(
+            caps, cpu_cores=current.cpu_cores, memory_mb=current.memory_mb, pids=current.pids
+        )
+        if same_otherwise != current or not (
+            caps.cpu_cores <= current.cpu_cores
+            and caps.memory_mb <= current.memory_mb
+            and caps.pids <= current.pids
+        ):
+            raise InvalidSpec(f"caps {caps} do not fit within sandbox {sandbox.id}'s {current}")
+        self.cgroups.retune(sandbox._cgroup, _limits(caps, self._block_device))
+        sandbox.spec = dataclasses.replace(sandbox.spec, caps=caps)
+
     async def announce(self, sandbox: Sandbox) -> None:
         """Run the on_created callbacks (the service's row, audit and metrics) once."""
         if sandbox.announced:

@@ -66,6 +66,8 @@ async def status(services: Services) -> dict:
         # Committed against the host budget and per-agent quotas (runtime/admission.py).
         "admission": runtime.admission.totals() if runtime.admission is not None else None,
         "shutdownGraceSeconds": settings.shutdown_grace_s,
+        # Per profile: size, idle, warming, hits, misses, warm-up p50 (runtime/pool.py); null: off.
+        "warmPool": services.pool.status() if services.pool is not None else None,
     }
 
 

@@ -14,6 +14,7 @@ from native import LauncherRefused
 from runtime.admission import Admission, AgentQuota, HostBudget
 from runtime.cgroups import detect_mode
 from runtime.gpu import discover as discover_gpus
+from runtime.pool import WarmPool, parse_profiles
 from runtime.sandbox import SandboxManager
 from runtime.supervisor import Supervisor
 
@@ -30,6 +31,8 @@ from .sandboxes import SandboxService
 from .services import SERVICES, Services
 from .store import Store
 from .telemetry import TelemetryService
+from .training.jobs import resource_caps
+from .training.runner import OUTPUT_LIMIT_BYTES, cycle_caps
 from .training.service import TrainingService
 
 log = logging.getLogger("wondercraft.http")
@@ -128,6 +131,8 @@ async def _start_services(app: web.Application) -> None:
     await services.sandboxes.start()
     await services.datasets.start()
     await services.petals.start()
+    if services.pool is not None:
+        services.pool.start()  # refills in the background; READY never waits for a warm sandbox
     services.supervisor.start()
 
 
@@ -141,6 +146,8 @@ async def _stop_services(app: web.Application) -> None:
     services = app[SERVICES]
     await services.supervisor.stop()
     await services.petals.stop(services.settings.shutdown_grace_s)
+    if services.pool is not None:
+        await services.pool.close()
     await services.sandboxes.destroy_all()
     await services.runtime.close()
     await services.telemetry.stop()
@@ -162,6 +169,22 @@ def admission_from(settings: Settings) -> Admission:
         gpus=settings.sandbox_agent_max_gpus or None,
     )
     return Admission(host, quota)
+
+
+def warm_pool_from(settings: Settings, runtime: SandboxManager, metrics: Metrics) -> WarmPool | None:
+    """The warm pool WARM_POOL asks for, its sandboxes shaped as a job that asks for no caps
+    (a job with other caps goes cold), or None: off, or cycles run on Ray nodes."""
+    if settings.executor != "local":
+        return None
+    profiles = parse_profiles(
+        settings.warm_pool, cycle_caps(resource_caps(settings, {})), settings.warm_pool_idle_s
+    )
+    if not any(profile.size for profile in profiles):
+        return None
+    lifetime_s = settings.warm_pool_idle_s + settings.sandbox_max_lifetime_s + 60
+    return WarmPool(
+        runtime, profiles, metrics=metrics, lifetime_s=lifetime_s, output_limit_bytes=OUTPUT_LIMIT_BYTES
+    )
 
 
 def create_app(settings: Settings, store: Store, admin_token: str | None = None) -> web.Application:
@@ -187,8 +210,9 @@ def create_app(settings: Settings, store: Store, admin_token: str | None = None)
         flush_interval_s=settings.telemetry_flush_interval_s,
         retention_days=settings.telemetry_retention_days,
     )
+    pool = warm_pool_from(settings, runtime, metrics)
     petals = TrainingService(
-        settings, store, state_dir, runtime, telemetry=telemetry, audit=audit, metrics=metrics
+        settings, store, state_dir, runtime, telemetry=telemetry, audit=audit, metrics=metrics, pool=pool
     )
     services = Services(
         settings=settings,
@@ -201,6 +225,7 @@ def create_app(settings: Settings, store: Store, admin_token: str | None = None)
         started_monotonic=time.monotonic(),
         cgroup_mode=detect_mode(),
         runtime=runtime,
+        pool=pool,
         supervisor=Supervisor(runtime, settings.sandbox_cleanup_interval_s),
         sandboxes=SandboxService(
             settings, store, state_dir, runtime, audit=audit, metrics=metrics, petals=petals

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from runtime.pool import WarmPool
 from runtime.sandbox import SandboxManager
 from runtime.supervisor import Supervisor
 
@@ -38,6 +39,7 @@ class Services:
     started_monotonic: float
     cgroup_mode: str
     runtime: SandboxManager
+    pool: WarmPool | None  # pre-warmed learn-cycle sandboxes (WARM_POOL), None when off
     supervisor: Supervisor
     sandboxes: SandboxService
     petals: TrainingService

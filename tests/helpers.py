@@ -67,8 +67,12 @@ def free_port() -> int:
 
 def clean_env(**overrides: str) -> dict[str, str]:
     """The test process's environment without any of the service's own variables."""
-    prefixes = ("PETALS_", "SANDBOX_", "TELEMETRY_", "WONDERCRAFT_")
+    prefixes = ("PETALS_", "SANDBOX_", "TELEMETRY_", "WONDERCRAFT_", "WARM_POOL")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    # `WONDERCRAFT_TEST_WARM_POOL=numpy=4 make test ...` runs every service with that warm pool
+    # (the second pass of the petals suite in scripts/run-tests.sh).
+    if os.environ.get("WONDERCRAFT_TEST_WARM_POOL"):
+        env["WARM_POOL"] = os.environ["WONDERCRAFT_TEST_WARM_POOL"]
     # Learn cycles still running when a test stops its server get 2 s, not 30, to finish:
     # ServerProcess.stop must never have to SIGKILL a server that is shutting down cleanly.
     env["WONDERCRAFT_SHUTDOWN_GRACE"] = "2"

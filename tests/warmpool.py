@@ -56,7 +56,9 @@ class PooledSandboxes(SyncManager):
             argv = ["python", "-c", *argv[4:]]  # in the zygote's own interpreter
         warm = self.acquire()
         sandbox.id, sandbox.uid, sandbox.init_pid = warm.id, warm.sandbox.uid, warm.sandbox.init_pid
-        return self.call(warm.run(list(binds), argv, timeout_s=kwargs.pop("timeout_s", 60.0), **kwargs))
+        return self.call(
+            warm.run(list(binds), argv, timeout_s=kwargs.pop("timeout_s", 60.0), **kwargs)
+        ).result
 
     def destroy(self, sandbox, reason: str = "killed") -> dict:
         return {}

@@ -113,6 +113,12 @@ class CgroupBackend(ABC):
         children (v2: an `init` leaf, memory and pids enabled below, the OOM group moved
         from the sandbox to each execution, so one OOM ends one execution)."""
 
+    @abstractmethod
+    def retune(self, cgroup: SandboxCgroup, limits: CgroupLimits) -> None:
+        """Write `limits` (cpu, memory, pids) to a live sandbox cgroup: a warm sandbox taken by a
+        cycle that asks for less than its profile. Only ever tightens (the caller checks), so the
+        order v1 needs when lowering (limit_in_bytes before memsw) is the order create writes."""
+
     def protect_service(self, reserve_bytes: int) -> dict:
         """Keep the kernel from picking the service over a sandbox: v2 sets memory.min and
         memory.low on the supervisor leaf (effective where the delegating parent protects

@@ -305,6 +305,9 @@ class V1CgroupBackend(CgroupBackend):
             raise
         return cgroup
 
+    def retune(self, cgroup: V1SandboxCgroup, limits: CgroupLimits) -> None:
+        self._apply(cgroup, limits)
+
     def _require(self, cgroup: V1SandboxCgroup, controller: str, what: str) -> Node:
         node = cgroup._node_with(controller)
         if node is None:

@@ -268,6 +268,9 @@ class V2CgroupBackend(CgroupBackend):
             raise
         return cgroup
 
+    def retune(self, cgroup: V2SandboxCgroup, limits: CgroupLimits) -> None:
+        self._apply(cgroup.path, limits, oom_group=not cgroup.leaves)
+
     def _require(self, controller: str, what: str) -> None:
         if controller not in self.controllers:
             raise CgroupError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from runtime.pool import WarmPool
 from runtime.sandbox import SandboxManager
 
 from ..config import Settings
@@ -34,13 +35,15 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Every attempt in a sandbox of this host."""
+    """Every attempt in a sandbox of this host: a warm one from `pool` when it has one that
+    fits, else a cold one."""
 
     name = "local"
 
-    def __init__(self, settings: Settings, sandboxes: SandboxManager) -> None:
+    def __init__(self, settings: Settings, sandboxes: SandboxManager, pool: WarmPool | None = None) -> None:
         self.settings = settings
         self.sandboxes = sandboxes
+        self.pool = pool
 
     async def start(self) -> None:
         return None
@@ -50,17 +53,23 @@ class LocalExecutor:
 
     async def run(self, spec, *, on_sandbox, on_progress, on_node) -> CycleOutcome:
         return await run_attempt(
-            self.settings, self.sandboxes, spec, on_sandbox=on_sandbox, on_progress=on_progress
+            self.settings,
+            self.sandboxes,
+            spec,
+            on_sandbox=on_sandbox,
+            on_progress=on_progress,
+            pool=self.pool,
         )
 
     async def nodes(self) -> list[dict]:
         return []
 
 
-def executor_from(settings: Settings, sandboxes: SandboxManager) -> Executor:
-    """The executor WONDERCRAFT_EXECUTOR names; Ray is imported only when it is `ray`."""
+def executor_from(settings: Settings, sandboxes: SandboxManager, pool: WarmPool | None = None) -> Executor:
+    """The executor WONDERCRAFT_EXECUTOR names; Ray is imported only when it is `ray` (whose
+    nodes run their cycles cold: the warm pool is this host's)."""
     if settings.executor == "ray":
         from ..fleet.executor import RayExecutor
 
         return RayExecutor(settings)
-    return LocalExecutor(settings, sandboxes)
+    return LocalExecutor(settings, sandboxes, pool)

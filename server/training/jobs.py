@@ -165,7 +165,22 @@ def job_request(
     """The cycle's request (staging.job_description makes /job.json of it); caps checked against
     the host."""
     params = body.get("trainingParams") or {}
-    caps = body.get("resourceCaps") or {}
+    return {
+        "modelType": name,
+        **({"signature": signature.as_dict()} if signature is not None else {}),
+        "learningRate": params.get("learningRate", settings.default_learning_rate),
+        "batchSize": params.get("batchSize", settings.default_batch_size),
+        "epochs": params.get("epochs", settings.default_epochs),
+        "seed": body.get("seed", secrets.randbits(31)),
+        "resourceCaps": resource_caps(settings, body.get("resourceCaps") or {}),
+        "numSamples": len(body.get("dataBatch") or ()),  # a dataset's rows are set by its caller
+        "hyperparameters": dict(body.get("hyperparameters") or {}),
+    }
+
+
+def resource_caps(settings: Settings, caps: dict) -> dict[str, Any]:
+    """A job's resourceCaps with the defaults filled in, checked against the host's limits. With
+    `{}` these are the caps of a job that asks for none (the warm pool's profiles have them)."""
     granted = caps_within_limits(settings, caps)
     memory_mb = caps.get("memory", settings.sandbox_default_memory_mb)
     if memory_mb < LEARN_CYCLE_MEMORY_MB_MIN:
@@ -174,22 +189,12 @@ def job_request(
             f"the smallest that works is {LEARN_CYCLE_MEMORY_MB_MIN} MB"
         )
     return {
-        "modelType": name,
-        **({"signature": signature.as_dict()} if signature is not None else {}),
-        "learningRate": params.get("learningRate", settings.default_learning_rate),
-        "batchSize": params.get("batchSize", settings.default_batch_size),
-        "epochs": params.get("epochs", settings.default_epochs),
-        "seed": body.get("seed", secrets.randbits(31)),
-        "resourceCaps": {
-            "cpu": caps.get("cpu", settings.sandbox_default_cpu_cores),
-            "memory": memory_mb,
-            # The storage cap bounds what the program may write, /out included.
-            "storage": granted.storage_mb,
-            "pids": granted.pids,
-            "gpu": granted.gpu_count,
-        },
-        "numSamples": len(body.get("dataBatch") or ()),  # a dataset's rows are set by its caller
-        "hyperparameters": dict(body.get("hyperparameters") or {}),
+        "cpu": caps.get("cpu", settings.sandbox_default_cpu_cores),
+        "memory": memory_mb,
+        # The storage cap bounds what the program may write, /out included.
+        "storage": granted.storage_mb,
+        "pids": granted.pids,
+        "gpu": granted.gpu_count,
     }
 
 

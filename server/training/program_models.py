@@ -117,6 +117,7 @@ def register(
         if spec.get("evaluateEntrypoint")
         else None,
         "hyperparameters": spec.get("hyperparameters") or {},
+        "warmProfile": spec.get("warmProfile") or "numpy",
         "onnxSha256": None,
     }
     if upload.onnx is not None:

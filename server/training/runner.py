@@ -21,6 +21,7 @@ import numpy as np
 
 from runtime import mounts
 from runtime.admission import AdmissionRefused
+from runtime.pool import WarmPool, run_cycle
 from runtime.sandbox import ResourceCaps, SandboxError, SandboxManager, SandboxSpec
 
 from ..artifacts import outputs
@@ -70,6 +71,7 @@ class AttemptSpec:
     data_dir: str | None = None  # a dataset's directory, else the cycle's own data/
     program_dir: str | None = None  # the model's unpacked program, None for a stock model
     command: tuple[str, ...] = ()  # the model's entrypoint; () runs the stock program
+    warm_profile: str = "numpy"  # the warm pool profile (runtime/pool.py) whose sandboxes fit it
 
     def binds(self) -> tuple[mounts.Bind, ...]:
         return cycle_binds(
@@ -84,15 +86,13 @@ async def run_attempt(
     *,
     on_sandbox: Callable[[str], None],
     on_progress: Callable[[Progress], None],
+    pool: WarmPool | None = None,
 ) -> CycleOutcome:
-    caps = ResourceCaps(
-        cpu_cores=float(spec.request["resourceCaps"]["cpu"]),
-        memory_mb=int(spec.request["resourceCaps"]["memory"]),
-        **_optional_caps(spec.request["resourceCaps"]),
-    )
+    """The attempt in a warm sandbox of `pool` when one of the cycle's profile and caps is
+    ready, else in a cold one: the same caps, inputs, program and output reading either way."""
     sandbox_spec = SandboxSpec(
         agent_id=spec.agent_id,
-        caps=caps,
+        caps=cycle_caps(spec.request["resourceCaps"]),
         lifetime_s=float(settings.sandbox_max_lifetime_s),
         binds=spec.binds(),
         env={
@@ -101,9 +101,26 @@ async def run_attempt(
             "PYTHONPATH": mounts.PROGRAM_DIR,  # the helper module, `import wondercraft_learn`
         },
     )
+    logs = ProgramLogs(on_progress)
+    started: list[str] = []
+
+    def sandbox_started(sandbox_id: str) -> None:
+        started.append(sandbox_id)
+        on_sandbox(sandbox_id)
+
+    async def read_out(sandbox, result) -> outputs.CycleOutput | outputs.BadOutput | None:
+        # Read before the sandbox goes: /out lives in its storage-capped upper layer.
+        if result.exit_code == 0 and result.termination_reason is None:
+            return await asyncio.to_thread(_read_out, sandbox.init_pid, expected)
+        return None
+
     try:
         expected = await asyncio.to_thread(_base_shapes, spec.base_model_path)
-        sandbox = await sandboxes.create(sandbox_spec)
+        ran = await run_cycle(
+            sandboxes, pool, spec.warm_profile, sandbox_spec, spec.command or settings.learn_command,
+            timeout_s=float(settings.sandbox_max_lifetime_s), output_limit_bytes=OUTPUT_LIMIT_BYTES,
+            on_stderr_line=logs.stderr_line, on_sandbox=sandbox_started, collect=read_out,
+        )  # fmt: skip
     except AdmissionRefused as exc:
         if exc.retry_after_s is None:  # more than the whole budget: waiting cannot help
             return CycleOutcome(Verdict.FAILED, FailureReason.OVER_BUDGET, str(exc))
@@ -111,27 +128,17 @@ async def run_attempt(
             Verdict.WAIT, FailureReason.OVER_BUDGET, str(exc), retry_after_s=exc.retry_after_s
         )
     except SandboxError as exc:
+        if started:  # the sandbox ran: not a start failure
+            raise
         log.warning("sandbox could not start", extra={"cycle_id": spec.cycle_id, "error": str(exc)})
         return CycleOutcome(Verdict.RETRY, FailureReason.SANDBOX_START, str(exc))
-    on_sandbox(sandbox.id)
-    logs = ProgramLogs(on_progress)
-    output: outputs.CycleOutput | outputs.BadOutput | None = None
-    try:
-        result = await sandboxes.execute(
-            sandbox.id,
-            spec.command or settings.learn_command,
-            timeout_s=float(settings.sandbox_max_lifetime_s),
-            output_limit_bytes=OUTPUT_LIMIT_BYTES,
-            on_stderr_line=logs.stderr_line,
-        )
-        if result.exit_code == 0 and result.termination_reason is None:
-            # Read before the sandbox goes: /out lives in its storage-capped upper layer.
-            output = await asyncio.to_thread(_read_out, sandbox.init_pid, expected)
-    finally:
-        record = await sandboxes.destroy(sandbox.id, reason="destroyed")
-        sandboxes.forget(sandbox.id)
+    result, output = ran.result, ran.collected
     logs.stdout(result.stdout)
-    resources = {"exec": resource_usage(result.usage), "sandbox": final_record(record)}
+    resources = {
+        "exec": resource_usage(result.usage),
+        "sandbox": final_record(result.usage.get("sandbox_record") or {}),
+        "warmStart": _warm_start(result.usage.get("warm")),
+    }
     base = {"resourceRecord": resources, "logs": logs.text(), "epochs": logs.epochs}
     if result.termination_reason in NOT_RETRIED:
         reason = FailureReason(result.termination_reason)
@@ -148,6 +155,22 @@ async def run_attempt(
         return CycleOutcome(Verdict.FAILED, FailureReason.BAD_OUTPUT, body.message, result=base)
     summary = deltas_summary(output.deltas, spec.base_version)
     return CycleOutcome(Verdict.COMPLETED, deltas=output.deltas, result={**base, **body, "deltas": summary})
+
+
+def cycle_caps(resource_caps: dict) -> ResourceCaps:
+    """A cycle's sandbox caps from its request's resourceCaps (jobs.resource_caps made them)."""
+    return ResourceCaps(
+        cpu_cores=float(resource_caps["cpu"]),
+        memory_mb=int(resource_caps["memory"]),
+        **_optional_caps(resource_caps),
+    )
+
+
+def _warm_start(warm: dict | None) -> dict | None:
+    """Whether a warm sandbox served the attempt: its profile and how long its warm-up took."""
+    if not warm:
+        return None
+    return {"profile": warm.get("profile"), "warmupMs": warm.get("warmup_ms")}
 
 
 def _optional_caps(caps: dict) -> dict:

@@ -41,10 +41,10 @@ log = logging.getLogger("wondercraft.training")
 class TrainingService:
     def __init__(
         self, settings: Settings, store: Store, state_dir: Path, sandboxes: SandboxManager, *,
-        telemetry=None, audit=None, metrics=None, executor=None,
+        telemetry=None, audit=None, metrics=None, executor=None, pool=None,
     ) -> None:  # fmt: skip
         self.settings = settings
-        self.executor = executor or executor_from(settings, sandboxes)
+        self.executor = executor or executor_from(settings, sandboxes, pool)
         self.store = store
         self.sandboxes = sandboxes
         self.telemetry = telemetry
@@ -205,7 +205,8 @@ class TrainingService:
         program = (await asyncio.to_thread(self.models.require, cycle.model_name)).program or {}
         spec = AttemptSpec(cycle.cycle_id, cycle.agent_id, cycle.attempts, cycle.request,
                            self._work_dir / cycle.cycle_id, base.path, cycle.base_version, data_dir,
-                           program.get("programDir"), tuple(program.get("entrypoint") or ()))  # fmt: skip
+                           program.get("programDir"), tuple(program.get("entrypoint") or ()),
+                           program.get("warmProfile") or "numpy")  # fmt: skip
 
         def on_progress(progress: Progress) -> None:
             cycle.progress = progress.as_json()

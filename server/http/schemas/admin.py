@@ -13,6 +13,32 @@ _NULLABLE_COUNT = {"anyOf": [NON_NEGATIVE_INT, {"type": "null"}]}
 _AUDIT_VERDICTS = ["within", "hit", "throttled", "full", "mismatch", "unknown"]
 
 ADMIN: dict[str, dict[str, Any]] = {
+    "WarmPoolProfile": {
+        "type": "object",
+        "required": [
+            "size",
+            "idle",
+            "warming",
+            "hits",
+            "misses",
+            "warmups",
+            "warmupMsP50",
+            "memoryMB",
+            "imports",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "size": {**NON_NEGATIVE_INT, "description": "Warm sandboxes the pool keeps ready"},
+            "idle": {**NON_NEGATIVE_INT, "description": "Ready now, waiting for a cycle"},
+            "warming": {**NON_NEGATIVE_INT, "description": "Being created and importing"},
+            "hits": {**NON_NEGATIVE_INT, "description": "Cycles a warm sandbox served"},
+            "misses": {**NON_NEGATIVE_INT, "description": "Cycles of this profile that went cold"},
+            "warmups": NON_NEGATIVE_INT,
+            "warmupMsP50": {**_NULLABLE_NUMBER, "description": "Median time to create one and import"},
+            "memoryMB": NON_NEGATIVE_INT,
+            "imports": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "AdminStatus": {
         "type": "object",
         "required": [
@@ -34,6 +60,13 @@ ADMIN: dict[str, dict[str, Any]] = {
         "properties": {
             "status": {"const": "ok"},
             "version": {"type": "string"},
+            "warmPool": {
+                "anyOf": [
+                    {"type": "object", "additionalProperties": ref("WarmPoolProfile")},
+                    {"type": "null"},
+                ],
+                "description": "The warm pool per profile (WARM_POOL); null when it is off",
+            },
             "cgroupMode": {"enum": ["v1", "v2", "hybrid", "none"]},
             "uptimeSeconds": {"type": "number", "minimum": 0},
             "pid": {"type": "integer", "minimum": 1},

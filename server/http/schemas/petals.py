@@ -223,6 +223,11 @@ PETALS: dict[str, dict[str, Any]] = {
             "entrypoint": _ENTRYPOINT,
             "evaluateEntrypoint": _ENTRYPOINT,
             "hyperparameters": {"type": "object", "maxProperties": 256},
+            "warmProfile": {
+                "enum": ["numpy", "torch"],
+                "description": "The warm pool profile its cycles take (WARM_POOL): torch for a PyTorch "
+                "program, numpy (the default) otherwise",
+            },
         },
     },
     "ModelUpload": {
