@@ -4,8 +4,11 @@ service or another test run on the same host is never mistaken for a leftover.""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from tests.helpers import WARM_POOL_TALLY
 from tests.leftovers import RUN, Footprint
 from tests.sandboxes import SyncManager
 
@@ -15,6 +18,8 @@ def nothing_this_run_made_is_left_on_the_host():
     """After the last test: no cgroup, netns, link, mount, launcher, marked process or guest of
     this run's instances remains. A finding fails the run (an error at the last teardown)."""
     yield
+    if os.environ.get("WONDERCRAFT_TEST_WARM_POOL") and not WARM_POOL_TALLY["hits"]:
+        pytest.fail(f"the suite ran with a warm pool that served no cycle: {WARM_POOL_TALLY}", pytrace=False)
     left = RUN.leftovers()
     if left:
         pytest.fail("this test run left behind:\n  " + "\n  ".join(left), pytrace=False)

@@ -42,6 +42,9 @@ AS_NOBODY = (
 )  # fmt: skip
 
 CYCLE_ENDS = ("completed", "failed", "aggregated")
+# With WONDERCRAFT_TEST_WARM_POOL: the warm pool's hits and misses of every service this run
+# stopped, read from its /metrics just before (conftest checks the pool really served cycles).
+WARM_POOL_TALLY = {"hits": 0.0, "misses": 0.0}
 
 
 def wait_cycle(server, token: str, cycle_id: str, statuses=CYCLE_ENDS, timeout: float = 120.0) -> dict:
@@ -173,6 +176,8 @@ class ServerProcess:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
+            if self.env.get("WARM_POOL") and os.environ.get("WONDERCRAFT_TEST_WARM_POOL"):
+                self._tally_warm_pool()
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
@@ -181,6 +186,20 @@ class ServerProcess:
                 self.proc.wait()
         self._stderr.close()
         return self.proc.returncode
+
+    def _tally_warm_pool(self) -> None:
+        try:
+            status, text, _ = http(
+                "GET", self.url + "/metrics", token=self.env.get("WONDERCRAFT_ADMIN_TOKEN")
+            )
+        except OSError:
+            return
+        if status != 200 or not isinstance(text, str):
+            return
+        for line in text.splitlines():
+            for what in WARM_POOL_TALLY:
+                if line.startswith(f"wondercraft_warm_pool_{what}_total{{"):
+                    WARM_POOL_TALLY[what] += float(line.rsplit(" ", 1)[1])
 
     def __enter__(self) -> ServerProcess:
         return self.start()
