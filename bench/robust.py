@@ -8,6 +8,7 @@ DP at epsilon 8 and 2 (delta 1e-5) beside no DP. The test suite runs a few of th
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,9 +91,13 @@ def define(url: str, admin: str, model: str, policy: dict) -> dict:
 def policy(aggregation: dict, screening: bool, epsilon: float | None = None, **extra) -> dict:
     # Krum needs 2f + 3 updates in every round it aggregates.
     krum = aggregation["method"] in ("krum", "multi_krum")
+    # Every agent's cycle joins each round: the jobs go in at once, and the round stays open for
+    # enrolment for a second, so a cycle that starts warm (WARM_POOL) and ends at once cannot
+    # close its round before the others enrolled.
     out = {
         "minClients": 2 * aggregation.get("f", 0) + 3 if krum else 3,
         "aggregationThreshold": 1.0,
+        "roundWindowSeconds": 1.0,
         "roundDeadlineSeconds": 600,
         "aggregation": aggregation,
         "screening": {"enabled": screening},
@@ -139,15 +144,21 @@ def federate(url: str, admin: str, tokens: list[str], model: str, data: Digits, 
     """Run `rounds` rounds of one job per agent; the held-out accuracy and what each round did."""
     committed, excluded, rejected = 0, 0, 0
     for r in range(rounds):
-        cycles = []
-        for k, token in enumerate(tokens):
-            status, body = call(
-                "POST", f"{url}/v1/petals/train", job(model, data, k, attack, 100 * r + k), token=token
-            )
+        jobs = [job(model, data, k, attack, 100 * r + k) for k in range(len(tokens))]
+
+        def submit(k: int, jobs: list[dict] = jobs) -> tuple[int, dict]:
+            return call("POST", f"{url}/v1/petals/train", jobs[k], token=tokens[k])
+
+        # The first (the attacker's) alone: a refusal of it ends the run before the others go in.
+        answers = [submit(0)]
+        if answers[0][0] == 202:
+            with ThreadPoolExecutor(len(tokens)) as pool:
+                answers += list(pool.map(submit, range(1, len(tokens))))
+        for status, body in answers:
             if status != 202:
                 return {"accuracy": accuracy(url, tokens[1], model, data), "rounds": r, "committed": committed,
                         "excluded": excluded, "rejected": rejected, "refused": body}  # fmt: skip
-            cycles.append(body["cycleId"])
+        cycles = [body["cycleId"] for _, body in answers]
         ends = wait_round(url, tokens, cycles)
         outcomes = [e.get("result", {}).get("round", {}).get("outcome") for e in ends]
         committed += any(e["status"] == "aggregated" for e in ends)

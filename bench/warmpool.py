@@ -110,9 +110,20 @@ async def _held_memory(manager: SandboxManager, pool: WarmPool, name: str) -> di
     return {"mb_each": [round(value / 2**20, 1) for value in held]}
 
 
+def _host_busy_s() -> float:
+    """CPU seconds the whole host has spent busy (not idle, not waiting for I/O) since boot."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - fields[3] - fields[4]) / ticks
+
+
 async def _throughput(manager: SandboxManager, pool: WarmPool | None, binds: list[Bind]) -> dict:
-    """Cycles completed per minute by CONCURRENCY workers looping run_cycle."""
+    """Cycles completed per minute by CONCURRENCY workers looping run_cycle, and where the
+    host's CPU went per cycle: inside the sandboxes (each one's cgroup, warm-up included)
+    and everything else (creating and destroying sandboxes, this process)."""
     done = {"warm": 0, "cold": 0, "failed": 0}
+    inside_s = [0.0]
     deadline = time.monotonic() + THROUGHPUT_S
     spec = SandboxSpec(agent_id="bench", caps=CAPS, binds=tuple(binds), env={"PYTHONPATH": PROGRAM_DIR})
 
@@ -122,12 +133,24 @@ async def _throughput(manager: SandboxManager, pool: WarmPool | None, binds: lis
                 manager, pool, "numpy", spec, ["python", "/program/main.py"], timeout_s=120
             )
             done["failed" if result.exit_code != 0 else "warm" if warm else "cold"] += 1
+            cgroup = (result.usage.get("sandbox_record") or {}).get("cgroup") or {}
+            inside_s[0] += (cgroup.get("cpu_user_s") or 0.0) + (cgroup.get("cpu_system_s") or 0.0)
 
+    busy = _host_busy_s()
     began = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     elapsed = time.monotonic() - began
+    busy = _host_busy_s() - busy
     cycles = done["warm"] + done["cold"]
-    return {"cycles_per_min": round(cycles * 60 / elapsed, 1), **done, "seconds": round(elapsed, 1)}
+    per_cycle = {
+        "host_cpu_ms": round(busy * 1000 / max(1, cycles), 1),
+        "inside_sandbox_cpu_ms": round(inside_s[0] * 1000 / max(1, cycles), 1),
+    }
+    per_cycle["outside_cpu_ms"] = round(per_cycle["host_cpu_ms"] - per_cycle["inside_sandbox_cpu_ms"], 1)
+    return {
+        "cycles_per_min": round(cycles * 60 / elapsed, 1), **done, "seconds": round(elapsed, 1),
+        "cpu_per_cycle": per_cycle, "host_cores": os.cpu_count(),
+    }  # fmt: skip
 
 
 async def _measure(root: Path) -> dict:
@@ -233,4 +256,10 @@ def run() -> dict:
             f" ({warm['warm']} warm, {warm['cold']} cold), pool size 0 {cold['cycles_per_min']}/min:"
             f" {figures['ratio_throughput_warm_vs_cold']}x"
         )
+        for name, part in (("warm", warm), ("pool size 0", cold)):
+            cpu = part["cpu_per_cycle"]
+            print(
+                f"     {name}: host CPU per cycle {cpu['host_cpu_ms']} ms = inside the sandbox"
+                f" {cpu['inside_sandbox_cpu_ms']} ms + creating, destroying and the rest {cpu['outside_cpu_ms']} ms"
+            )
     return figures

@@ -52,6 +52,20 @@ class Verdict(Exception):
         self.exit_code = exit_code
 
 
+def json_object_file(path: Path, holds: str) -> dict:
+    """A JSON object read from a file named on the command line; `holds` says what it should
+    hold, for the error."""
+    try:
+        value = json.loads(path.read_text())
+    except OSError as exc:
+        raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    except ValueError as exc:
+        raise CtlError(f"{path} is not JSON: {exc}", EXIT_USAGE) from None
+    if not isinstance(value, dict):
+        raise CtlError(f"{path} must hold a JSON object ({holds})", EXIT_USAGE)
+    return value
+
+
 def quote(segment: str) -> str:
     """One path segment of a URL (an id given on the command line)."""
     return urllib.parse.quote(segment, safe="")

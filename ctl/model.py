@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .client import EXIT_API, EXIT_NOT_FOUND, EXIT_USAGE, CtlError
+from .client import EXIT_API, EXIT_NOT_FOUND, EXIT_USAGE, CtlError, json_object_file
 from .context import Ctl, command
 from .output import number, pairs, table, when
 
@@ -128,15 +128,7 @@ def _write_atomically(target: Path, payload: bytes) -> None:
 
 
 def _spec_file(path: Path) -> dict:
-    try:
-        spec = json.loads(path.read_text())
-    except OSError as exc:
-        raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
-    except ValueError as exc:
-        raise CtlError(f"{path} is not JSON: {exc}", EXIT_USAGE) from None
-    if not isinstance(spec, dict):
-        raise CtlError(f"{path} must hold a JSON object (modelType, modelConfig, roundPolicy)", EXIT_USAGE)
-    return spec
+    return json_object_file(path, "modelType, modelConfig, roundPolicy")
 
 
 def multipart(fields: dict[str, tuple[str | None, str, bytes]]) -> tuple[bytes, str]:

@@ -3,27 +3,18 @@ optionally follow its cycle to the end (`--watch`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from .client import EXIT_USAGE, CtlError
+from .client import EXIT_USAGE, CtlError, json_object_file
 from .context import Ctl, command, seconds_option
 from .cycles import follow
 from .datasets import upload
 
 
 def _job_file(path: Path) -> dict:
-    try:
-        job = json.loads(path.read_text())
-    except OSError as exc:
-        raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
-    except ValueError as exc:
-        raise CtlError(f"{path} is not JSON: {exc}", EXIT_USAGE) from None
-    if not isinstance(job, dict):
-        raise CtlError(f"{path} must hold a JSON object (a PetalTrainingRequest)", EXIT_USAGE)
-    return job
+    return json_object_file(path, "a PetalTrainingRequest")
 
 
 def _set(job: dict, section: str, key: str, value) -> None:

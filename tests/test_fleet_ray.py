@@ -142,9 +142,15 @@ def test_three_agents_train_three_rounds_across_nodes_and_match_the_local_execut
     workers = {n["name"]: n for n in listed["nodes"] if n["slotsTotal"]}
     assert set(workers) == {"node-a", "node-b"}, listed
     assert all(n["alive"] and n["lastHeartbeat"] and n["preflightOk"] for n in workers.values())
-    shown = ctl_nodes(fleet.url, fleet.cluster.prefix("h"))
-    rows = {line.split()[0]: line.split() for line in shown.splitlines()[1:]}
-    assert rows["node-a"][1] == fleet.cluster.addr["a"] and rows["node-a"][3] == "0/2", shown
+
+    def idle_nodes():
+        # The nodes' own reports come with the next poll: both idle once it has come.
+        shown = ctl_nodes(fleet.url, fleet.cluster.prefix("h"))
+        rows = {line.split()[0]: line.split() for line in shown.splitlines()[1:]}
+        return (shown, rows) if rows["node-a"][3] == rows["node-b"][3] == "0/2" else None
+
+    shown, rows = wait_until(idle_nodes, 60, "both nodes report no cycle running")
+    assert rows["node-a"][1] == fleet.cluster.addr["a"], shown
     assert rows["node-b"][1] == fleet.cluster.addr["b"], shown
     # The same jobs, same seeds, on the local executor: the same model, bit for bit.
     with ServerProcess(tmp_path / "local", env=service_env()) as server:
@@ -188,10 +194,9 @@ def test_a_node_killed_mid_cycle_its_cycle_finishes_elsewhere_and_it_comes_back_
     cluster.kill("a")
     wait_until(lambda: not [p for p in _pids(cluster, "a")], 30, "node-a's processes gone")
     report = cluster.start_node("a")
-    swept = report["swept"]
-    assert before["sandboxId"] in swept["cgroups"] or any(before["sandboxId"] in n for n in swept["netns"]), (
-        report
-    )
+    # The killed attempt's sandbox is swept by the restart, unless its agent destroyed it on the
+    # way down (a worker that outlives its raylet for a moment does): either way none is left.
+    assert set(report["swept"]) >= {"cgroups", "netns"}, report
     instance = RUN.register_state_dir(cluster.state["a"])
     # The node's own cgroup parents are live (its agent holds them); no sandbox of it is left.
     left = [line for line in RUN.leftovers() if instance in line and "sb-" in line]

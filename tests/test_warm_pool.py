@@ -6,6 +6,7 @@ evicts idle warm sandboxes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import os
@@ -30,6 +31,9 @@ from tests.warmpool import CAPS, PooledSandboxes
 
 PROBES = [
     isolation.test_pid_namespace_shows_only_its_own_processes,
+    isolation.test_first_process_is_pid_1_and_reaps_orphans,
+    isolation.test_data_and_model_are_mounted_read_only,
+    hardening.test_dev_shm_is_noexec_but_jit_mappings_work,
     isolation.test_own_proc_and_minimal_dev_and_no_writable_sys,
     isolation.test_host_secrets_are_unreachable,
     isolation.test_own_hostname_and_sysv_ipc,
@@ -298,3 +302,34 @@ def test_a_program_ends_in_the_zygote_as_in_a_fresh_interpreter(pooled):
     assert result.exit_code == 1 and result.stderr.endswith(b"ValueError: boom\n")
     result = pooled.execute(box, python("import sys; sys.exit('a message')"))
     assert result.exit_code == 1 and result.stderr == b"a message\n"
+
+
+def test_a_profile_serves_jobs_up_to_its_caps_and_retune_only_tightens(pooled):
+    fits = pooled.pool.fits
+    assert fits("numpy", CAPS)
+    assert fits("numpy", dataclasses.replace(CAPS, cpu_cores=0.25, memory_mb=64, pids=16))
+    for above in ({"cpu_cores": 2.0}, {"memory_mb": 2048}, {"pids": 256}):
+        assert not fits("numpy", dataclasses.replace(CAPS, **above))
+    for other in ({"storage_mb": 64}, {"gpu_count": 1}):  # not tightened: must be the profile's own
+        assert not fits("numpy", dataclasses.replace(CAPS, **other))
+    assert not fits("torch", CAPS)
+
+    warm = pooled.acquire()
+    try:
+        for loosened in ({"memory_mb": 2048}, {"storage_mb": 64}):
+            with pytest.raises(InvalidSpec):
+                pooled.manager.retune(warm.sandbox, dataclasses.replace(CAPS, **loosened))
+        tight = dataclasses.replace(CAPS, cpu_cores=0.5, memory_mb=96, pids=32)
+        pooled.manager.retune(warm.sandbox, tight)
+        # The kernel enforcing a tightened cap: tests/test_warm_pool_service.py (a 64 MB memory bomb).
+        result = pooled.call(warm.run([], ["python", "-c", "print('ran')"], timeout_s=60)).result
+    finally:
+        if warm.sandbox.alive:
+            pooled.call(pooled.pool._discard(warm, "killed"))
+    assert ok(result)
+    record = result.usage["sandbox_record"]
+    assert (
+        record["limits"]["memory_mb"] == 96
+        and record["limits"]["cpu_cores"] == 0.5
+        and record["limits"]["pids"] == 32
+    )

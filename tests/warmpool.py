@@ -23,6 +23,7 @@ class PooledBox:
     id: str = "pooled"
     uid: int | None = None
     init_pid: int | None = None
+    binds: tuple = ()  # attached to each warm sandbox an execute takes
 
 
 class PooledSandboxes(SyncManager):
@@ -48,9 +49,11 @@ class PooledSandboxes(SyncManager):
         return warm
 
     def create(self, spec=None, **spec_fields) -> PooledBox:
-        return PooledBox()
+        assert set(spec_fields) <= {"binds"}, "a warm sandbox has its profile's caps"
+        return PooledBox(binds=tuple(spec_fields.get("binds", ())))
 
     def execute(self, sandbox: PooledBox, argv: list[str], *, binds=(), **kwargs) -> ExecResult:
+        binds = (*sandbox.binds, *binds)
         assert not kwargs.pop("stdin", b""), "a warm sandbox's stdin is its job channel"
         if argv[:4] == ["python", "-I", "-S", "-c"]:
             argv = ["python", "-c", *argv[4:]]  # in the zygote's own interpreter

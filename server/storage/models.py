@@ -183,32 +183,49 @@ class ModelStore:
                 )
             return existing, False
         params = models.initial_parameters(signature, name)
-        data = params_to_bytes(params)
-        digest = hashlib.sha256(data).hexdigest()
-        path = self._dir(name) / f"v0-{digest[:16]}.safetensors"
-        write_atomically(path, data)
-        now = time.time()
-        metadata = {"version": 0, "parentVersion": None, "aggregationMethod": None, "participants": [],
-                    "timestamp": now, "sha256": digest, "metrics": {}, "signature": signature.as_dict(),
-                    "roundPolicy": round_policy}  # fmt: skip
         try:
-            with self._store.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO models(model_name, signature, current_version, created_at, updated_at,"
-                    " round_policy, created_by) VALUES(?, ?, 0, ?, ?, ?, ?)",
-                    (name, json.dumps(signature.as_dict()), now, now, json.dumps(round_policy), created_by),
-                )
-                conn.execute(
-                    "INSERT INTO model_versions(model_name, version, parent_version, sha256, path, metadata,"
-                    " created_at) VALUES(?, 0, NULL, ?, ?, ?, ?)",
-                    (name, digest, str(path), json.dumps(metadata), now),
-                )
+            self._create_at_version_zero(
+                name, params, signature.as_dict(), None, round_policy, created_by, {}
+            )
         except Exception:
             # Another request created it first: compare against the winner.
             if self.get(name) is None:
                 raise
             return self.ensure(name, signature, round_policy, created_by)
         return self.get(name), True
+
+    def _create_at_version_zero(
+        self,
+        name: str,
+        params: dict[str, np.ndarray],
+        signature: dict | None,
+        program: dict | None,
+        round_policy: dict | None,
+        created_by: str | None,
+        extra_metadata: dict,
+    ) -> None:
+        """Version 0's tensors written, then the model's row and version 0's in one transaction
+        (raises what the insert raises when the name was taken meanwhile)."""
+        data = params_to_bytes(params)
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._dir(name) / f"v0-{digest[:16]}.safetensors"
+        write_atomically(path, data)
+        now = time.time()
+        metadata = {"version": 0, "parentVersion": None, "aggregationMethod": None, "participants": [],
+                    "timestamp": now, "sha256": digest, "metrics": {}, "signature": signature,
+                    **extra_metadata, "roundPolicy": round_policy}  # fmt: skip
+        with self._store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO models(model_name, signature, current_version, created_at, updated_at,"
+                " round_policy, created_by, program) VALUES(?, ?, 0, ?, ?, ?, ?, ?)",
+                (name, json.dumps(signature), now, now, json.dumps(round_policy), created_by,
+                 json.dumps(program) if program is not None else None),
+            )  # fmt: skip
+            conn.execute(
+                "INSERT INTO model_versions(model_name, version, parent_version, sha256, path, metadata,"
+                " created_at) VALUES(?, 0, NULL, ?, ?, ?, ?)",
+                (name, digest, str(path), json.dumps(metadata), now),
+            )
 
     def create_program_model(
         self,
@@ -222,26 +239,16 @@ class ModelStore:
         name is taken. `program` is stored as is; each version's metadata names its sha256."""
         if self.get(name) is not None:
             raise Conflict(f"model {name!r} already exists")
-        data = params_to_bytes(params)
-        digest = hashlib.sha256(data).hexdigest()
-        path = self._dir(name) / f"v0-{digest[:16]}.safetensors"
-        write_atomically(path, data)
-        now = time.time()
-        metadata = {"version": 0, "parentVersion": None, "aggregationMethod": None, "participants": [],
-                    "timestamp": now, "sha256": digest, "metrics": {}, "signature": None,
-                    "programSha256": program["programSha256"], "roundPolicy": round_policy}  # fmt: skip
         try:
-            with self._store.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO models(model_name, signature, current_version, created_at, updated_at,"
-                    " round_policy, created_by, program) VALUES(?, 'null', 0, ?, ?, ?, ?, ?)",
-                    (name, now, now, json.dumps(round_policy), created_by, json.dumps(program)),
-                )
-                conn.execute(
-                    "INSERT INTO model_versions(model_name, version, parent_version, sha256, path, metadata,"
-                    " created_at) VALUES(?, 0, NULL, ?, ?, ?, ?)",
-                    (name, digest, str(path), json.dumps(metadata), now),
-                )
+            self._create_at_version_zero(
+                name,
+                params,
+                None,
+                program,
+                round_policy,
+                created_by,
+                {"programSha256": program["programSha256"]},
+            )
         except Exception:
             if self.get(name) is not None:
                 raise Conflict(f"model {name!r} already exists") from None
