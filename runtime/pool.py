@@ -272,18 +272,7 @@ class WarmPool:
         GPUs and I/O caps, and cpu, memory and pids at most the profile's (they are tightened
         to the cycle's when it takes one)."""
         held = self.profiles.get(profile)
-        if held is None:
-            return False
-        ceiling = held.caps
-        rest = dataclasses.replace(
-            caps, cpu_cores=ceiling.cpu_cores, memory_mb=ceiling.memory_mb, pids=ceiling.pids
-        )
-        return (
-            rest == ceiling
-            and caps.cpu_cores <= ceiling.cpu_cores
-            and caps.memory_mb <= ceiling.memory_mb
-            and caps.pids <= ceiling.pids
-        )
+        return held is not None and caps.tightens(held.caps)
 
     async def acquire(
         self, profile: str, agent_id: str, caps: ResourceCaps | None = None

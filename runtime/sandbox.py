@@ -87,6 +87,19 @@ class ResourceCaps:
     io_read_bps: int | None = None
     io_write_bps: int | None = None
 
+    def tightens(self, ceiling: ResourceCaps) -> bool:
+        """Whether these caps are `ceiling` with cpu, memory and pids at most its own and all
+        else the same: what a live sandbox can be retuned to (a warm one taken by a cycle)."""
+        rest = dataclasses.replace(
+            self, cpu_cores=ceiling.cpu_cores, memory_mb=ceiling.memory_mb, pids=ceiling.pids
+        )
+        return (
+            rest == ceiling
+            and self.cpu_cores <= ceiling.cpu_cores
+            and self.memory_mb <= ceiling.memory_mb
+            and self.pids <= ceiling.pids
+        )
+
     def validate(self) -> None:
         checks = (
             ("cpu_cores", 0.01 <= self.cpu_cores <= 1024, "a number of cores between 0.01 and 1024"),
@@ -439,14 +452,7 @@ class SandboxManager:
         its environment, record and limits are the cycle's. Only cpu, memory and pids may
         differ, each at most the current cap; anything else raises InvalidSpec."""
         current = sandbox.spec.caps
-        same_otherwise = dataclasses.replace(
-            caps, cpu_cores=current.cpu_cores, memory_mb=current.memory_mb, pids=current.pids
-        )
-        if same_otherwise != current or not (
-            caps.cpu_cores <= current.cpu_cores
-            and caps.memory_mb <= current.memory_mb
-            and caps.pids <= current.pids
-        ):
+        if not caps.tightens(current):
             raise InvalidSpec(f"caps {caps} do not fit within sandbox {sandbox.id}'s {current}")
         self.cgroups.retune(sandbox._cgroup, _limits(caps, self._block_device))
         sandbox.spec = dataclasses.replace(sandbox.spec, caps=caps)

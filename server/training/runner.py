@@ -102,11 +102,6 @@ async def run_attempt(
         },
     )
     logs = ProgramLogs(on_progress)
-    started: list[str] = []
-
-    def sandbox_started(sandbox_id: str) -> None:
-        started.append(sandbox_id)
-        on_sandbox(sandbox_id)
 
     async def read_out(sandbox, result) -> outputs.CycleOutput | outputs.BadOutput | None:
         # Read before the sandbox goes: /out lives in its storage-capped upper layer.
@@ -119,7 +114,7 @@ async def run_attempt(
         ran = await run_cycle(
             sandboxes, pool, spec.warm_profile, sandbox_spec, spec.command or settings.learn_command,
             timeout_s=float(settings.sandbox_max_lifetime_s), output_limit_bytes=OUTPUT_LIMIT_BYTES,
-            on_stderr_line=logs.stderr_line, on_sandbox=sandbox_started, collect=read_out,
+            on_stderr_line=logs.stderr_line, on_sandbox=on_sandbox, collect=read_out,
         )  # fmt: skip
     except AdmissionRefused as exc:
         if exc.retry_after_s is None:  # more than the whole budget: waiting cannot help
@@ -128,8 +123,8 @@ async def run_attempt(
             Verdict.WAIT, FailureReason.OVER_BUDGET, str(exc), retry_after_s=exc.retry_after_s
         )
     except SandboxError as exc:
-        if started:  # the sandbox ran: not a start failure
-            raise
+        # It would not start, or died under the program (a warm one's failure already fell back
+        # to a cold one inside run_cycle): worth another attempt either way.
         log.warning("sandbox could not start", extra={"cycle_id": spec.cycle_id, "error": str(exc)})
         return CycleOutcome(Verdict.RETRY, FailureReason.SANDBOX_START, str(exc))
     result, output = ran.result, ran.collected
