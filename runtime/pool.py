@@ -196,9 +196,12 @@ class WarmSandbox:
         usage = dict(result.usage)
         cgroup = _subtract(usage.get("cgroup") or {}, before)
         usage["cgroup"] = cgroup
+        # The CPU of this cycle is the execution cgroup's growth since the job was sent.
+        # wait4()'s figures for the zygote include its warm-up and are computed by another
+        # clock than the cgroup's, so the two are never subtracted from each other.
         for key in ("cpu_user_s", "cpu_system_s"):
-            if isinstance(usage.get(key), int | float) and isinstance(before.get(key), int | float):
-                usage[key] = max(0.0, round(usage[key] - before[key], 6))
+            if isinstance(cgroup.get(key), int | float) and isinstance(before.get(key), int | float):
+                usage[key] = cgroup[key]
         if usage.get("cpu_user_s") is not None or usage.get("cpu_system_s") is not None:
             usage["cpu_s"] = (usage.get("cpu_user_s") or 0.0) + (usage.get("cpu_system_s") or 0.0)
         wall_s = round(time.monotonic() - began, 6)

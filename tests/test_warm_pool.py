@@ -205,7 +205,12 @@ def test_the_record_covers_the_cycle_and_the_audit_names_the_cycles_agent(pooled
         pooled.wait_warm(2)
         warm = pooled.acquire("agent-audited")
         assert announced == [(warm.id, "agent-audited")]  # idle warm ones were never announced
-        result = pooled.call(warm.run([], ["python", "-c", "print('ran')"], timeout_s=60)).result
+        # The program spends a twentieth of a second of CPU (beyond what the zygote spent
+        # before the job), which the cycle's record must show.
+        burn = (
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.05: pass\nprint('ran')"
+        )
+        result = pooled.call(warm.run([], ["python", "-c", burn], timeout_s=60)).result
     finally:
         pooled.manager.on_created.remove(on_created)
     assert ok(result) == "ran\n" and not result.stderr
@@ -214,6 +219,7 @@ def test_the_record_covers_the_cycle_and_the_audit_names_the_cycles_agent(pooled
     sandbox_cpu = usage["sandbox_cgroup"]["cpu_user_s"] + usage["sandbox_cgroup"]["cpu_system_s"]
     assert cycle_cpu < sandbox_cpu  # the zygote's numpy import is not the cycle's
     assert usage["cpu_s"] < sandbox_cpu
+    assert usage["cpu_s"] == pytest.approx(cycle_cpu) and usage["cpu_s"] >= 0.04
     assert usage["warm"]["profile"] == "numpy" and usage["warm"]["warmup_ms"] > 0
     assert usage["sandbox_record"]["sandbox_id"] == warm.id
     assert usage["wall_s"] * 1000 < usage["sandbox_record"]["wall_s"] * 1000  # wall time from job start
