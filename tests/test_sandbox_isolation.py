@@ -55,25 +55,38 @@ def test_pid_namespace_shows_only_its_own_processes(sandboxes, box):
 
 
 def test_first_process_is_pid_1_and_reaps_orphans(sandboxes, box):
+    # The grandchild lives until the pipe closes, so its parent is read while it surely
+    # runs; then the program waits, generously, for it to be gone from /proc.
     code = """
     import os, time
+    r, w = os.pipe()
     child = os.fork()
     if child == 0:
         if os.fork() == 0:          # the grandchild outlives its parent
-            time.sleep(0.3)
+            os.close(w)
+            os.read(r, 1)
             os._exit(0)
         os._exit(0)
+    os.close(r)
     os.waitpid(child, 0)
-    time.sleep(0.1)
-    orphans = [p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getpid()))]
-    parents = [open(f'/proc/{p}/stat').read().split(')')[1].split()[1] for p in orphans]
-    time.sleep(0.6)
-    zombies = [p for p in os.listdir('/proc') if p.isdigit()
-               and open(f'/proc/{p}/stat').read().split(')')[1].split()[0] == 'Z']
+    me = str(os.getpid())
+    def others():
+        return [p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', me)]
+    def field(pid, index):
+        try:
+            return open(f'/proc/{pid}/stat').read().split(')')[1].split()[index]
+        except FileNotFoundError:
+            return None
+    parents = [field(p, 1) for p in others()]
+    os.close(w)
+    deadline = time.monotonic() + 30
+    while others() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    zombies = [p for p in others() if field(p, 0) == 'Z']
     print(parents, zombies)
     """
     parents, zombies = out(py(sandboxes, box, code)).strip().split("] [")
-    assert "'1'" in parents  # the orphan was reparented to our init...
+    assert parents.strip("[] \n") == "'1'"  # the orphan was reparented to our init...
     assert zombies.strip("[] \n") == ""  # ...which reaped it
 
 
