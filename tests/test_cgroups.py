@@ -42,6 +42,12 @@ def spawn_in(cgroup: SandboxCgroup, argv: list[str], **kwargs) -> subprocess.Pop
     return subprocess.Popen(["sh", "-c", JOIN, "join", str(len(files)), *files, *argv], **kwargs)
 
 
+def joined(cgroup: SandboxCgroup, proc: subprocess.Popen) -> bool:
+    """Whether spawn_in's process is in every hierarchy (its shell writes one cgroup.procs
+    after another, so on v1 one listing it is not yet all of them)."""
+    return all(str(proc.pid) in open(f).read().split() for f in cgroup.procs_files)
+
+
 def sandbox_dirs(cgroup: SandboxCgroup) -> list[str]:
     return [os.path.dirname(f) for f in cgroup.procs_files]
 
@@ -316,7 +322,7 @@ def test_destroy_is_idempotent_and_works_from_any_state(backend, children):
     busy = backend.create("sb-busy", CgroupLimits(memory_mb=64))
     proc = spawn_in(busy, ["sleep", "60"])
     children.append(proc)
-    assert wait_for(lambda: busy.pids() != [])
+    assert wait_for(lambda: joined(busy, proc))
     busy.destroy()
     assert proc.wait(timeout=10) == -signal.SIGKILL
     assert not any(os.path.exists(d) for d in sandbox_dirs(busy))
@@ -375,9 +381,7 @@ def test_a_fresh_backend_finds_and_destroys_what_an_earlier_one_left(make_backen
     left = crashed.create("sb-left", CgroupLimits(pids_max=16))
     proc = spawn_in(left, ["sleep", "60"])
     children.append(proc)
-    # Joined every hierarchy (the shell writes one cgroup.procs after another).
-    files = left.procs_files
-    assert wait_for(lambda: all(str(proc.pid) in open(f).read().split() for f in files))
+    assert wait_for(lambda: joined(left, proc))
     crashed = left = None  # the crashed service's objects are gone; only the kernel remembers
 
     fresh = open_backend(instance)
